@@ -1,0 +1,86 @@
+"""Model registry by name, and the architecture spec that rebuilds a (possibly channel-pruned) model
+from its name + a JSON of layer widths + a state_dict, without unpickling code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .resnet18_cifar import resnet18
+from .resnet_cifar import resnet20, resnet32, resnet56, resnet110
+from .vgg_cifar import vgg11_bn, vgg16_bn, vgg19_bn
+
+MODEL_BUILDERS: dict[str, Callable[[int], nn.Module]] = {
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet56": resnet56,
+    "resnet110": resnet110,
+    "vgg11_bn": vgg11_bn,
+    "vgg16_bn": vgg16_bn,
+    "vgg19_bn": vgg19_bn,
+    "resnet18": resnet18,
+}
+SPEC_VERSION = 1
+
+
+class UnknownArchError(ValueError):
+    pass
+
+
+def known_archs() -> list[str]:
+    return list(MODEL_BUILDERS)
+
+
+def build_model(arch: str, num_classes: int = 10) -> nn.Module:
+    if arch not in MODEL_BUILDERS:
+        raise UnknownArchError(f"unknown arch {arch!r}; known: {', '.join(MODEL_BUILDERS)}")
+    return MODEL_BUILDERS[arch](num_classes)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _layer_shape(module: nn.Module) -> dict[str, Any] | None:
+    if isinstance(module, nn.Conv2d):
+        return {"type": "Conv2d", "in_channels": module.in_channels, "out_channels": module.out_channels}
+    if isinstance(module, nn.Linear):
+        return {"type": "Linear", "in_features": module.in_features, "out_features": module.out_features}
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return {"type": type(module).__name__, "num_features": module.num_features}
+    return None
+
+
+def architecture_spec(model: nn.Module, arch: str, num_classes: int) -> dict[str, Any]:
+    """Channels of every Conv2d / Linear / BatchNorm layer, by module name (the JSON artifact)."""
+    layers = {}
+    for name, module in model.named_modules():
+        shape = _layer_shape(module)
+        if shape is not None:
+            layers[name] = shape
+    return {"spec_version": SPEC_VERSION, "arch": arch, "num_classes": num_classes, "layers": layers}
+
+
+def _resized(module: nn.Module, shape: dict[str, Any]) -> nn.Module:
+    if isinstance(module, nn.Conv2d):
+        return nn.Conv2d(shape["in_channels"], shape["out_channels"], module.kernel_size, module.stride,
+                         module.padding, module.dilation, module.groups, module.bias is not None)
+    if isinstance(module, nn.Linear):
+        return nn.Linear(shape["in_features"], shape["out_features"], module.bias is not None)
+    return type(module)(shape["num_features"], module.eps, module.momentum, module.affine,
+                        module.track_running_stats)
+
+
+def build_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """Build the named architecture, then resize every layer whose width the spec changes."""
+    model = build_model(spec["arch"], int(spec["num_classes"]))
+    modules = dict(model.named_modules())
+    for name, shape in spec["layers"].items():
+        if name not in modules:
+            raise ValueError(f"architecture spec names layer {name!r}, which {spec['arch']} does not have")
+        if _layer_shape(modules[name]) != shape:
+            parent_name, _, child = name.rpartition(".")
+            setattr(modules[parent_name] if parent_name else model, child, _resized(modules[name], shape))
+    return model

@@ -1,0 +1,89 @@
+"""CIFAR ResNets of He et al. 2016 (Sec. 4.2): 6n+2 layers, 16/32/64 channels, option-A shortcuts.
+
+Option A: identity shortcuts, and at a stage change a stride-2 subsample with the missing channels
+zero-padded. This keeps ResNet-20 at 0.27M parameters, as published.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut: subsample by 2 and zero-pad the channel dimension."""
+
+    def __init__(self, in_planes: int, planes: int):
+        super().__init__()
+        self.in_planes = in_planes
+        self.planes = planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::2, ::2]
+        missing = self.planes - x.shape[1]
+        return F.pad(x, (0, 0, 0, 0, missing // 2, missing - missing // 2))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = PadShortcut(in_planes, planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth: int, num_classes: int = 10):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        blocks_per_stage = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        in_planes = 16
+        stages = []
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(blocks_per_stage):
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+def resnet20(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(20, num_classes)
+
+
+def resnet32(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(32, num_classes)
+
+
+def resnet56(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(56, num_classes)
+
+
+def resnet110(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(110, num_classes)
