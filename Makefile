@@ -1,0 +1,32 @@
+# `make test` and `make demo` create or update the virtualenv (.venv/) themselves when it is missing or
+# older than pyproject.toml, so nothing else has to be typed first.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+BIN := $(VENV)/bin
+# MLflow's own default store depends on the working directory: name it explicitly.
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export MLFLOW_DISABLE_TELEMETRY ?= true
+DEMO_DATA_DIR ?= $(DATA_DIR)
+
+.PHONY: venv test demo lint clean-stores benchmarks
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check prune_tracker entrypoints tests benchmarks
+
+demo: $(STAMP)
+	DATA_DIR="$(DEMO_DATA_DIR)" $(BIN)/python -m prune_tracker.demo
+
+clean-stores:
+	rm -rf mlflow.db mlruns mlartifacts

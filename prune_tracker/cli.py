@@ -1,0 +1,487 @@
+"""`prune-tracker` command line: one click command per MLproject entry point (the scripts in
+`entrypoints/` call these same commands). Commands parse and validate, then call `prune_tracker.jobs`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .data import DATASETS
+from .training import SCHEDULES, TrainConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class FiniteFloat(click.ParamType):
+    """A float that rejects NaN/inf and, optionally, values outside [low, high) or [low, high]."""
+
+    name = "float"
+
+    def __init__(self, low: float | None = None, high: float | None = None, high_open: bool = False):
+        self.low, self.high, self.high_open = low, high, high_open
+
+    def convert(self, value: Any, param, ctx) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        bad_high = self.high is not None and (number >= self.high if self.high_open else number > self.high)
+        if not math.isfinite(number) or (self.low is not None and number < self.low) or bad_high:
+            bounds = f"{self.low if self.low is not None else '-inf'} <= x " + (
+                f"{'<' if self.high_open else '<='} {self.high}" if self.high is not None else ""
+            )
+            self.fail(f"{value!r} is not allowed; expected a finite number with {bounds}", param, ctx)
+        return number
+
+
+class Bytes(click.ParamType):
+    name = "bytes"
+
+    def convert(self, value: Any, param, ctx) -> int | None:
+        if value in (None, "", "0", 0):
+            return None
+        from .footprint import parse_bytes
+
+        try:
+            return parse_bytes(str(value))
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Bad input and failures end with one line on stderr, exit code 2, and no run left RUNNING."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mlflow.exceptions import MlflowException
+
+        from .tracking import fail_launched_run
+
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, MlflowException, FileNotFoundError) as err:
+            fail_launched_run()
+            message = err.message if isinstance(err, MlflowException) else str(err)
+            click.echo(
+                f"Error: {message.strip().splitlines()[0] if message.strip() else type(err).__name__}",
+                err=True,
+            )
+            sys.exit(2)
+
+    return wrapper
+
+
+def data_options(fn: Callable) -> Callable:
+    options = [
+        click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True),
+        click.option(
+            "--data-dir",
+            "--data_dir",
+            "data_dir",
+            default="",
+            help="torchvision CIFAR root, ImageFolder tree or .tar/.tar.gz of one (no download)",
+        ),
+        click.option(
+            "--train-subset",
+            "--train_subset",
+            "train_subset",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="class-balanced training subset size; 0 = all",
+        ),
+        click.option(
+            "--val-size",
+            "--val_size",
+            "val_size",
+            type=click.IntRange(min=0),
+            default=5000,
+            show_default=True,
+            help="validation images carved from the training set",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+        click.option(
+            "--experiment-name",
+            "--experiment_name",
+            "experiment_name",
+            default="prune-tracker",
+            show_default=True,
+        ),
+        click.option("--run-name", "--run_name", "run_name", default=None),
+        click.option("--progress/--no-progress", default=True, help="tqdm progress bars"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def train_options(
+    epochs_default: float, lr_default: float, schedule_default: str = "onecycle", ema_default: float = 0.0
+) -> Callable:
+    def decorate(fn: Callable) -> Callable:
+        options = [
+            click.option("--epochs", type=FiniteFloat(low=0), default=epochs_default, show_default=True),
+            click.option(
+                "--batch-size",
+                "--batch_size",
+                "batch_size",
+                type=click.IntRange(min=1),
+                default=128,
+                show_default=True,
+            ),
+            click.option(
+                "--lr",
+                type=FiniteFloat(low=0),
+                default=lr_default,
+                show_default=True,
+                help="peak learning rate",
+            ),
+            click.option(
+                "--weight-decay",
+                "--weight_decay",
+                "weight_decay",
+                type=FiniteFloat(low=0),
+                default=5e-4,
+                show_default=True,
+            ),
+            click.option(
+                "--momentum", type=FiniteFloat(low=0, high=1, high_open=True), default=0.9, show_default=True
+            ),
+            click.option(
+                "--schedule", type=click.Choice(SCHEDULES), default=schedule_default, show_default=True
+            ),
+            click.option(
+                "--warmup-fraction",
+                "--warmup_fraction",
+                "warmup_fraction",
+                type=FiniteFloat(low=0, high=1, high_open=True),
+                default=0.25,
+                show_default=True,
+            ),
+            click.option(
+                "--label-smoothing",
+                "--label_smoothing",
+                "label_smoothing",
+                type=FiniteFloat(low=0, high=1, high_open=True),
+                default=0.1,
+                show_default=True,
+            ),
+            click.option(
+                "--ema-decay",
+                "--ema_decay",
+                "ema_decay",
+                type=FiniteFloat(low=0, high=1, high_open=True),
+                default=ema_default,
+                show_default=True,
+                help="EMA of weights; 0 = off",
+            ),
+            click.option(
+                "--tta-flip/--no-tta-flip",
+                "--tta_flip/--no_tta_flip",
+                "tta_flip",
+                default=True,
+                show_default=True,
+                help="average logits with the mirrored image at evaluation",
+            ),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _configs(kw: dict[str, Any]):
+    from .jobs import DataOptions, RunOptions
+
+    data = DataOptions(
+        kw.pop("dataset"), kw.pop("data_dir") or None, kw.pop("train_subset"), kw.pop("val_size"), kw["seed"]
+    )
+    run = RunOptions(kw.pop("experiment_name"), kw.pop("device"), kw.pop("progress"), kw.pop("run_name"))
+    config_fields = set(TrainConfig.__dataclass_fields__)
+    config = TrainConfig(**{k: kw.pop(k) for k in list(kw) if k in config_fields})
+    return data, run, config
+
+
+def _print_run(stage: str, run_id: str) -> None:
+    click.echo(f"{stage} run {run_id} finished")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """MLflow-tracked pruning of CIFAR CNNs: train, prune, fine-tune, evaluate, compare."""
+
+
+@cli.command()
+@click.option("--arch", default="resnet20", show_default=True, help="see `prune-tracker archs`")
+@click.option(
+    "--resume-run-id",
+    "--resume_run_id",
+    "resume_run_id",
+    default="",
+    help="continue that run's last checkpoint",
+)
+@train_options(epochs_default=30, lr_default=0.2, ema_default=0.999)
+@data_options
+@handle_errors
+def train(arch: str, resume_run_id: str, **kw) -> None:
+    """Train a CIFAR model and log it as an MLflow run (stage=train)."""
+    from .jobs import train as train_job
+    from .models import build_model
+
+    build_model(arch)  # unknown arch: fail before any data is read
+    data, run, config = _configs(kw)
+    _print_run("train", train_job(arch, data, config, run, resume_run_id or None))
+
+
+@cli.command()
+@click.option(
+    "--model-uri",
+    "--model_uri",
+    "model_uri",
+    required=True,
+    help="runs:/<id>/model, models:/<name>@<alias>, a logged model id, or a local .pt file",
+)
+@click.option("--arch", default="", help="architecture of a plain state_dict file")
+@click.option(
+    "--tta-flip/--no-tta-flip", "--tta_flip/--no_tta_flip", "tta_flip", default=True, show_default=True
+)
+@click.option(
+    "--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=500, show_default=True
+)
+@data_options
+@handle_errors
+def evaluate(model_uri: str, arch: str, tta_flip: bool, batch_size: int, **kw) -> None:
+    """Evaluate a model: top-1/top-5, loss, per-class accuracy, confusion matrix, CPU latency."""
+    from .jobs import evaluate_model
+
+    data, run, _ = _configs(kw)
+    _print_run("evaluate", evaluate_model(model_uri, data, run, arch or None, tta_flip, batch_size))
+
+
+def _parse_extra_options(args: list[str]) -> dict[str, str]:
+    """`--key value` / `--key=value` pairs that MLflow appends for undeclared `-P key=value`."""
+    options, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; method options are given as --name value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise ValueError(f"method option --{key} has no value")
+            value, i = args[i + 1], i + 1
+        options[key.replace("-", "_")] = value
+        i += 1
+    return options
+
+
+def coerce_options(method_name: str, raw: dict[str, str]) -> dict[str, Any]:
+    """Convert string option values to the types of the method's defaults, with one-line errors."""
+    from .jobs import validate_method_options
+    from .pruning import get_method
+
+    method = get_method(method_name)
+    validate_method_options(method, raw)
+    out = {}
+    for key, text in raw.items():
+        default = method.params[key]
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                out[key] = text.lower() in ("true", "1", "yes")
+            elif isinstance(default, int):
+                out[key] = int(text)
+            elif isinstance(default, float):
+                out[key] = float(text)
+                if not math.isfinite(out[key]):
+                    raise ValueError
+            else:
+                out[key] = text
+        except ValueError:
+            raise ValueError(
+                f"option {key}={text!r} of method {method_name!r} must be a "
+                f"{type(default).__name__} (default {default!r})"
+            ) from None
+    return out
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "--model-uri",
+    "--model_uri",
+    "model_uri",
+    required=True,
+    help="runs:/<id>/model, models:/<name>@<alias>, a logged model id, or a local .pt file",
+)
+@click.option("--method", required=True, help="see `prune-tracker methods`")
+@click.option(
+    "--ratio",
+    type=FiniteFloat(low=0, high=1, high_open=True),
+    default=0.5,
+    show_default=True,
+    help="fraction of prunable weights (unstructured) or channels (structured) removed",
+)
+@click.option(
+    "--finetune-epochs",
+    "--finetune_epochs",
+    "finetune_epochs",
+    type=FiniteFloat(low=0),
+    default=0,
+    show_default=True,
+)
+@click.option(
+    "--target-bytes",
+    "--target_bytes",
+    "target_bytes",
+    type=Bytes(),
+    default=None,
+    help="search the ratio reaching this footprint instead (e.g. 200KB)",
+)
+@click.option(
+    "--target-metric",
+    "--target_metric",
+    "target_metric",
+    default="footprint_best_bytes",
+    show_default=True,
+    help="footprint metric that --target-bytes applies to",
+)
+@click.option("--option", "option_pairs", multiple=True, help="method option name=value (repeatable)")
+@train_options(epochs_default=0, lr_default=0.01, schedule_default="cosine")
+@data_options
+@click.pass_context
+@handle_errors
+def prune(
+    ctx: click.Context,
+    model_uri: str,
+    method: str,
+    ratio: float,
+    finetune_epochs: float,
+    target_bytes: int | None,
+    target_metric: str,
+    option_pairs: tuple[str, ...],
+    **kw,
+) -> None:
+    """Prune a logged model with a registered method; extra `--name value` pairs are method options."""
+    from .jobs import prune_model
+    from .pruning import get_method
+
+    get_method(method)
+    raw = _parse_extra_options(list(ctx.args))
+    for pair in option_pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise ValueError(f"--option {pair!r} must look like name=value")
+        raw[key] = value
+    options = coerce_options(method, raw)
+    kw.pop("epochs")
+    data, run, config = _configs(kw)
+    _print_run(
+        "prune",
+        prune_model(
+            model_uri,
+            method,
+            ratio,
+            data,
+            config,
+            run,
+            finetune_epochs,
+            options,
+            target_bytes,
+            target_metric,
+            kw["tta_flip"],
+        ),
+    )
+
+
+@cli.command()
+@click.option("--model-uri", "--model_uri", "model_uri", required=True, help="a pruned run's model URI")
+@train_options(epochs_default=5, lr_default=0.01, schedule_default="cosine")
+@data_options
+@handle_errors
+def finetune(model_uri: str, **kw) -> None:
+    """Continue training a pruned model with its masks or architecture kept (stage=finetune)."""
+    from .jobs import finetune_model
+
+    tta = kw["tta_flip"]
+    data, run, config = _configs(kw)
+    _print_run("finetune", finetune_model(model_uri, config.epochs, data, config, run, tta))
+
+
+@cli.command()
+@click.argument("model_uri")
+@click.option("--arch", default="", help="architecture of a plain state_dict file")
+@click.option(
+    "--batch-size",
+    "batch_size",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="batch size for the activation peak",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the breakdown as JSON")
+@handle_errors
+def footprint(model_uri: str, arch: str, batch_size: int, as_json: bool) -> None:
+    """Print a model's footprint breakdown (parameters per format, activations, FLOPs, MicroNet)."""
+    from .footprint import format_table, measure_footprint
+    from .tracking import load_model
+
+    fp = measure_footprint(load_model(model_uri, arch or None).model, batch_size=batch_size)
+    click.echo(
+        json.dumps({"metrics": fp.metrics, "breakdown": fp.breakdown}, indent=2)
+        if as_json
+        else format_table(fp)
+    )
+
+
+@cli.command()
+def methods() -> None:
+    """List the registered pruning methods and their options."""
+    from .pruning import get_method, known_methods
+
+    for name in known_methods():
+        method = get_method(name)
+        kind = "structured" if method.structured else "unstructured"
+        opts = ", ".join(f"{k}={v!r}" for k, v in method.params.items()) or "-"
+        click.echo(f"{name:16s} {kind:12s} options: {opts}")
+
+
+@cli.command()
+def archs() -> None:
+    """List the model architectures with their parameter counts (10 classes)."""
+    from .models import build_model, count_params, known_archs
+
+    for name in known_archs():
+        click.echo(f"{name:10s} {count_params(build_model(name)):>12,d} parameters")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
+
+
+def run_entrypoint(command: click.Command) -> None:
+    """Run a command as an MLproject entry point: a usage error (bad type, missing value) also fails the
+    run that `mlflow run` created, instead of leaving it RUNNING."""
+    from .tracking import fail_launched_run
+
+    try:
+        command.main(standalone_mode=False)
+    except click.ClickException as err:
+        fail_launched_run()
+        err.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        fail_launched_run()
+        sys.exit(130)

@@ -1,0 +1,189 @@
+"""`thinet`: ThiNet (Luo et al., ICCV 2017; TPAMI 2018): prune layer i by what layer i+1 can rebuild.
+
+Why: L1 norms look at a filter in isolation; ThiNet keeps the channel subset whose contributions best
+reproduce the *next* layer's output on real data, then refits scales by least squares, so redundant (e.g.
+duplicated or unread) channels go first and the cut loses less before fine-tuning.
+
+Per scope layer i (block-internal conv1 / VGG conv; see `channels.py`) with consumer conv i+1:
+- X: what conv i+1 reads (after BN + ReLU of layer i, after pooling if any; captured with a forward
+  pre-hook on conv i+1, padded as it pads). Sampled rows: `per_image` random (out-filter f, position)
+  draws per image over ceil(samples / per_image) calibration images (ICCV code: 10 draws per image).
+  x_c = sum_{kh,kw} W[f, c] * Xpatch[c]; y = sum_c x_c (raw output of conv i+1 minus bias).
+- Greedy (ICCV Sec. 3.2, Alg. 1): grow the removal set T, each step adding the channel minimising
+  ||sum_{c in T} x_c||^2, until |T| = round(C * ratio). Vectorised: with the running sum s,
+  ||s + x_c||^2 = ||s||^2 + 2 s.x_c + ||x_c||^2 for all candidates at once.
+- Least squares (Sec. 3.3): w = argmin ||y - X_S w||^2 (torch.linalg.lstsq) over kept channels, folded
+  into conv i+1's kept input kernels (`rescale`). The next BN's statistics are left as they are.
+- Filters removed through the DependencyGraph (as `li_filters`); optional `layer_epochs` of fine-tuning
+  between layers (ICCV fine-tunes after each layer; default 0, the caller fine-tunes at the end).
+Layers whose consumer is not a Conv2d (VGG's last conv, read by the classifier) are left unpruned.
+Ratio: fraction of filters removed in each pruned layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .base import PruneContext, PruneResult, PruningMethod, register_method
+from .channels import ChannelLayer, ChannelPruner, channel_scope, n_remove
+from .layers import channels_per_layer
+from .structured import STRUCTURED_OPTIONS, structured_result
+
+
+class _Captured(Exception):
+    pass
+
+
+@torch.no_grad()
+def consumer_inputs(model: nn.Module, consumer: nn.Module, ctx: PruneContext, n_images: int) -> Tensor:
+    """Inputs of `consumer` for the first `n_images` calibration images (forward stopped at it)."""
+    chunks: list[Tensor] = []
+
+    def hook(_module: nn.Module, args: tuple) -> None:
+        chunks.append(args[0].detach())
+        raise _Captured
+
+    handle = consumer.register_forward_pre_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        count = 0
+        for images, _ in ctx.calibration_batches():
+            with contextlib.suppress(_Captured):
+                model(images[: n_images - count].to(ctx.device))
+            count += chunks[-1].shape[0]
+            if count >= n_images:
+                break
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not chunks:
+        raise ValueError("thinet: calibration_batches yielded no data")
+    return torch.cat(chunks)
+
+
+def sample_contributions(inputs: Tensor, conv: nn.Conv2d, per_image: int, gen: torch.Generator) -> Tensor:
+    """Rows x[m, c] = sum_{kh,kw} W[f_m, c] * Xpad[n_m, c, patch at p_m], `per_image` draws per image."""
+    if conv.groups != 1:
+        raise ValueError("thinet: grouped consumer convs are not supported")
+    ph, pw = conv.padding if isinstance(conv.padding, tuple) else (conv.padding, conv.padding)
+    x = F.pad(inputs, (pw, pw, ph, ph))
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    out_h = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    out_w = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    m = inputs.shape[0] * per_image
+    n = torch.arange(inputs.shape[0]).repeat_interleave(per_image)
+    f = torch.randint(conv.out_channels, (m,), generator=gen)
+    h = torch.randint(out_h, (m,), generator=gen)
+    w = torch.randint(out_w, (m,), generator=gen)
+    rows = (h * sh)[:, None] + torch.arange(kh) * dh  # (m, kh)
+    cols = (w * sw)[:, None] + torch.arange(kw) * dw  # (m, kw)
+    dev = inputs.device
+    patches = x[n.to(dev)[:, None, None], :, rows.to(dev)[:, :, None], cols.to(dev)[:, None, :]]  # m,kh,kw,C
+    return torch.einsum("mhwc,mchw->mc", patches.float(), conv.weight.detach()[f.to(dev)].float())
+
+
+def greedy_removal(x: Tensor, k: int) -> list[int]:
+    """ICCV greedy: grow T (size k), each step adding argmin_c ||sum_{T} x + x_c||^2. x: (rows, C)."""
+    x = x.double()
+    sq = (x * x).sum(0)
+    running = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    taken = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+    removed = []
+    for _ in range(k):
+        cost = 2 * (running @ x) + sq  # ||s + x_c||^2 - ||s||^2, all candidates at once
+        cost[taken] = math.inf
+        c = int(torch.argmin(cost))
+        removed.append(c)
+        taken[c] = True
+        running += x[:, c]
+    return removed
+
+
+def least_squares_scales(x: Tensor, kept: list[int]) -> Tensor:
+    """w = argmin ||y - X_S w||^2 with y = sum over all channels (ICCV Sec. 3.3)."""
+    y = x.double().sum(1, keepdim=True)
+    xs = x.double()[:, kept]
+    return torch.linalg.lstsq(xs.cpu(), y.cpu()).solution.squeeze(1).to(x.device)
+
+
+def relative_error(x: Tensor, kept: list[int], scales: Tensor) -> float:
+    y = x.double().sum(1)
+    return float(((y - x.double()[:, kept] @ scales.double()) ** 2).sum() / (y**2).sum().clamp_min(1e-30))
+
+
+def thin_layer(
+    model: nn.Module,
+    layer: ChannelLayer,
+    pruner: ChannelPruner,
+    ratio: float,
+    ctx: PruneContext,
+    opts: dict[str, Any],
+    gen: torch.Generator,
+) -> tuple[list[int], dict[str, float]]:
+    """Select, remove and rescale one layer; returns kept indices and reconstruction errors."""
+    c = layer.conv.out_channels
+    k = n_remove(c, ratio)
+    n_images = math.ceil(opts["samples"] / opts["per_image"])
+    x = sample_contributions(
+        consumer_inputs(model, layer.consumer, ctx, n_images), layer.consumer, opts["per_image"], gen
+    )
+    removed = greedy_removal(x, k)
+    kept = [i for i in range(c) if i not in set(removed)]
+    ones = torch.ones(len(kept), dtype=torch.float64, device=x.device)
+    scales = least_squares_scales(x, kept) if opts["rescale"] else ones
+    errors = {
+        "error_no_rescale": relative_error(x, kept, ones),
+        "error": relative_error(x, kept, scales),
+        "rows": x.shape[0],
+    }
+    pruner.remove(layer, removed)
+    with torch.no_grad():
+        w = layer.consumer.weight
+        w.mul_(scales.to(w.dtype).view(1, -1, 1, 1))
+    return kept, errors
+
+
+@register_method("thinet")
+class ThiNet(PruningMethod):
+    structured = True
+    changes_architecture = True
+    ratio_kind = "channels"
+    params = {
+        **STRUCTURED_OPTIONS,
+        "samples": 5000,
+        "per_image": 10,
+        "rescale": True,
+        "layer_epochs": 0.0,
+        "seed": 0,
+    }
+    summary = "ThiNet: channels chosen by next-layer reconstruction + least squares (Luo et al. 2017)"
+
+    def _prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **opts: Any) -> PruneResult:
+        if opts["samples"] < 1 or opts["per_image"] < 1:
+            raise ValueError("thinet: samples and per_image must be >= 1")
+        scope = channel_scope(model, opts["skip_last"])
+        layers = [lay for lay in scope if isinstance(lay.consumer, nn.Conv2d)]
+        before = channels_per_layer(model)
+        pruner = ChannelPruner(model, ctx.example_input)
+        gen = torch.Generator().manual_seed(opts["seed"])
+        kept, errors, spent = {}, {}, 0.0
+        for i, layer in enumerate(layers):
+            if n_remove(layer.conv.out_channels, ratio) == 0:
+                continue
+            kept[layer.name], errors[layer.name] = thin_layer(model, layer, pruner, ratio, ctx, opts, gen)
+            ctx.log(
+                f"thinet {layer.name}: kept {len(kept[layer.name])}, rel. error "
+                f"{errors[layer.name]['error_no_rescale']:.4f} -> {errors[layer.name]['error']:.4f}"
+            )
+            if opts["layer_epochs"] > 0 and i + 1 < len(layers):
+                ctx.finetune(model, opts["layer_epochs"])
+                spent += opts["layer_epochs"]
+        pruner.check_forward()
+        return structured_result(model, layers, before, kept, finetuned_epochs=spent, reconstruction=errors)

@@ -1,0 +1,327 @@
+"""Training and evaluation loops: SGD (momentum, nesterov, weight decay), one-cycle or cosine schedule,
+label smoothing, EMA of weights, flip test-time augmentation, channels_last + bf16 autocast on CPUs with
+native bf16, mixed precision on CUDA, per-epoch checkpoints that resume to the same result."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
+
+from .data import BatchLoader, DataSplits, ImageSet
+
+SCHEDULES = ("onecycle", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 30
+    batch_size: int = 128
+    lr: float = 0.2
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: str = "onecycle"
+    warmup_fraction: float = 0.25
+    label_smoothing: float = 0.1
+    ema_decay: float = 0.0  # 0 = off; e.g. 0.999 averages the last ~1000 steps
+    tta_flip: bool = True
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not (self.epochs >= 0 and math.isfinite(self.epochs)):
+            raise ValueError(f"epochs={self.epochs} must be a finite number >= 0")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr={self.lr} must be a finite number > 0")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} must be one of: {', '.join(SCHEDULES)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device={device!r} must be one of: auto, cpu, cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} asked for, but CUDA is not available here; use device=cpu or auto"
+        )
+    return torch.device(device)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA with bf16 support, fp16 on older CUDA, bf16 on CPUs with native bf16 (AVX512_BF16 /
+    AMX: ~2x faster there), else None (fp32): emulated bf16 on other CPUs is slower than fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        native = False
+    return torch.bfloat16 if native and torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") else None
+
+
+def warmup_ema(decay: float):
+    """EMA (a multi_avg_fn for AveragedModel) whose decay ramps up as (1 + n) / (10 + n) towards `decay`,
+    so a short run's average is not dominated by the random initial weights."""
+
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
+        n = float(num_averaged)
+        rate = min(decay, (1 + n) / (10 + n))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1 - rate)
+        else:  # integer buffers such as num_batches_tracked
+            for avg, cur in zip(averaged, current):
+                avg.copy_(cur)
+
+    return average
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def predict_logits(
+    model: nn.Module, loader: BatchLoader, tta_flip: bool = False, amp_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (fp32, CPU) and labels for every example of `loader`; with `tta_flip`, the mean of the
+    logits of the image and its mirror."""
+    model.eval()
+    outputs, labels = [], []
+    with torch.inference_mode(), _autocast(loader.device, amp_dtype):
+        for x, y in loader:
+            logits = model(x).float()
+            if tta_flip:
+                logits = (logits + model(x.flip(3)).float()) / 2
+            outputs.append(logits.cpu())
+            labels.append(y.cpu())
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def accuracy_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    acc = (logits.argmax(1) == labels).float().mean().item()
+    return acc, F.cross_entropy(logits, labels).item()
+
+
+def evaluate(
+    model: nn.Module,
+    images: ImageSet,
+    splits: DataSplits,
+    device: torch.device,
+    batch_size: int = 500,
+    tta_flip: bool = False,
+) -> tuple[float, float]:
+    """(accuracy, loss) of `model` on `images`, evaluated in fp32."""
+    loader = BatchLoader(images, batch_size, splits.mean, splits.std, device=device)
+    return accuracy_and_loss(*predict_logits(model, loader, tta_flip))
+
+
+class Trainer:
+    """Trains a model in place. `state_dict()` / `load_state_dict()` cover everything needed to resume
+    bit-for-bit: weights, optimizer, schedule position, EMA and the data order generator."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        splits: DataSplits,
+        config: TrainConfig,
+        device: torch.device,
+        step_callback: Callable[[int, int], None] | None = None,
+        progress: bool = True,
+    ):
+        config.validate()
+        self.config, self.device, self.splits = config, device, splits
+        self.model = model.to(device).to(memory_format=torch.channels_last)
+        self.loader = BatchLoader(
+            splits.train,
+            config.batch_size,
+            splits.mean,
+            splits.std,
+            shuffle=True,
+            augment=True,
+            device=device,
+            seed=config.seed,
+            drop_last=len(splits.train) >= 2 * config.batch_size,
+        )
+        self.steps_per_epoch = max(1, len(self.loader))
+        self.total_steps = max(1, math.ceil(config.epochs * self.steps_per_epoch))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0,
+            weight_decay=config.weight_decay,
+        )
+        self.scheduler = self._make_scheduler()
+        self.amp_dtype = autocast_dtype(device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=warmup_ema(config.ema_decay), use_buffers=True)
+            if config.ema_decay > 0
+            else None
+        )
+        self.step = 0
+        self.step_callback, self.progress = step_callback, progress
+
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        c = self.config
+        if c.schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer,
+                max_lr=c.lr,
+                total_steps=self.total_steps,
+                pct_start=c.warmup_fraction,
+                anneal_strategy="linear",
+                div_factor=25.0,
+                final_div_factor=1e3,
+                three_phase=False,
+            )
+        if c.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The EMA model when EMA is on, else the trained model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def epochs_done(self) -> float:
+        return self.step / self.steps_per_epoch
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the data, or what is left of the budget of `config.epochs`."""
+        self.model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        remaining = self.total_steps - self.step
+        batches = tqdm(
+            self.loader,
+            total=min(len(self.loader), remaining),
+            disable=not self.progress,
+            leave=False,
+            desc=f"epoch {int(self.epochs_done) + 1}",
+        )
+        for x, y in batches:
+            if self.step >= self.total_steps:
+                break
+            loss, logits = self._train_step(x, y)
+            total_loss += loss * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        return {
+            "train_loss": total_loss / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "lr": self.lr(),
+        }
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        with _autocast(self.device, self.amp_dtype):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.step + 1 < self.total_steps:  # OneCycleLR extrapolates past its last step
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        if self.step_callback is not None:
+            self.step_callback(self.step, self.total_steps)
+        return loss.item(), logits.detach()
+
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "data_generator": self.loader.generator.get_state(),
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.loader.generator.set_state(
+            state["data_generator"].to(self.loader.generator.device)
+            if self.device.type != "cpu"
+            else state["data_generator"]
+        )
+        self.step = int(state["step"])
+
+
+def fit(trainer: Trainer, on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> None:
+    """Train until the budget of epochs is spent, evaluating on the validation split after each epoch."""
+    while not trainer.done():
+        started = time.perf_counter()
+        metrics = trainer.train_epoch()
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        if len(trainer.splits.val):
+            metrics["val_accuracy"], metrics["val_loss"] = evaluate(
+                trainer.eval_model, trainer.splits.val, trainer.splits, trainer.device
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(math.ceil(trainer.epochs_done), metrics)
+
+
+def finetune_fn(splits: DataSplits, config: TrainConfig, device: torch.device, progress: bool = False):
+    """A `finetune(model, epochs, step_callback=None)` callable for pruning methods: trains in place with
+    the given recipe (masks attached by torch.nn.utils.prune stay applied)."""
+
+    def finetune(model: nn.Module, epochs: float, step_callback=None) -> None:
+        if epochs <= 0:
+            return
+        trainer = Trainer(
+            model,
+            splits,
+            replace(config, epochs=epochs),
+            device,
+            step_callback=step_callback,
+            progress=progress,
+        )
+        while not trainer.done():
+            trainer.train_epoch()
+        model.to(memory_format=torch.contiguous_format)
+
+    return finetune
