@@ -11,7 +11,8 @@ the target (Blalock et al. 2020 Sec. 6: compare at equal footprint):
 - unstructured (ratio = fraction of prunable weights): ratio = target * params / prunable weights.
 - hybrid (ratio is already a parameter reduction): ratio = target.
 `--budget equal` (default) gives every method the same total fine-tuning epochs: the caller fine-tunes
-`finetune_epochs - result.finetuned_epochs` (Han's rounds and GMP spend part of it themselves).
+`finetune_epochs - result.finetuned_epochs` (Han's rounds spend part of it themselves; GMP's `epochs`
+defaults to the whole budget). `--budget extra`: every method gets `finetune_epochs` after its own.
 Accuracies are on the test split, final (not best-seen) values. Prints a markdown table, writes JSON.
 """
 
@@ -97,6 +98,8 @@ def ratio_for_target(name: str, model: nn.Module, target: float, ctx: PruneConte
 def run_one(name: str, model: nn.Module, target: float, ctx: PruneContext, test_accuracy, args,
             options: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {"method": name, "target": target}
+    if args.budget == "equal" and "epochs" in get_method(name).params and "epochs" not in options:
+        options = {**options, "epochs": args.finetune_epochs}  # GMP prunes during the whole budget
     ratio, note = ratio_for_target(name, model, target, ctx, options)
     if ratio is None:
         return {**row, "note": note}
@@ -111,7 +114,7 @@ def run_one(name: str, model: nn.Module, target: float, ctx: PruneContext, test_
             "params": left, "acc_pruned": acc_pruned, "acc_finetuned": test_accuracy(result.model),
             "prune_seconds": result.seconds, "method_finetune_epochs": result.finetuned_epochs,
             "finetune_epochs": max(0.0, extra), "finetune_seconds": time.perf_counter() - start,
-            "structured": result.structured,
+            "structured": result.structured, "budget": args.finetune_epochs, "budget_mode": args.budget,
             "details": {k: v for k, v in result.details.items()
                         if k in ("sparsity", "layers", "reconstruction", "sensitivity")}}
 
@@ -125,6 +128,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['method']} | {r['target']:.2f} | - | - | - | - | {r.get('note', '')} |")
             continue
         note = f"own ft {r['method_finetune_epochs']:g} ep" if r["method_finetune_epochs"] else ""
+        if r["method_finetune_epochs"] > r["budget"] and r["budget_mode"] == "equal":
+            note += " (over the equal budget)"
         lines.append(f"| {r['method']} | {r['target']:.2f} | {r['param_reduction']:.3f} | "
                      f"{r['acc_pruned']:.4f} | {r['acc_finetuned']:.4f} | {r['prune_seconds']:.1f} "
                      f"| {note} |")
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     splits = load_data(args.dataset, args.data_dir, args.train_subset, args.val_size, args.seed)
     model = build_model(args.arch, splits.num_classes)
     if args.checkpoint:
-        model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+        blob = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(blob.get("state_dict", blob))
     else:
         print("WARNING: no --checkpoint, pruning random weights (smoke test only)", file=sys.stderr)
     model = model.to(device).eval()

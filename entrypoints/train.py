@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prune_tracker.cli import train, run_entrypoint  # noqa: E402
+from prune_tracker.cli import run_entrypoint, train  # noqa: E402
 
 if __name__ == "__main__":
     run_entrypoint(train)

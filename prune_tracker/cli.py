@@ -23,10 +23,13 @@ class FiniteFloat(click.ParamType):
 
     name = "float"
 
-    def __init__(self, low: float | None = None, high: float | None = None, high_open: bool = False):
-        self.low, self.high, self.high_open = low, high, high_open
+    def __init__(self, low: float | None = None, high: float | None = None, high_open: bool = False,
+                 optional: bool = False):
+        self.low, self.high, self.high_open, self.optional = low, high, high_open, optional
 
-    def convert(self, value: Any, param, ctx) -> float:
+    def convert(self, value: Any, param, ctx) -> float | None:
+        if self.optional and value in ("", None):
+            return None
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -190,6 +193,13 @@ def train_options(
                 show_default=True,
                 help="average logits with the mirrored image at evaluation",
             ),
+            click.option(
+                "--resize-schedule",
+                "--resize_schedule",
+                "resize_schedule",
+                default="",
+                help="progressive resizing, e.g. '16:0.4,24:0.3' (size px: fraction of training)",
+            ),
         ]
         for option in reversed(options):
             fn = option(fn)
@@ -283,37 +293,6 @@ def _parse_extra_options(args: list[str]) -> dict[str, str]:
     return options
 
 
-def coerce_options(method_name: str, raw: dict[str, str]) -> dict[str, Any]:
-    """Convert string option values to the types of the method's defaults, with one-line errors."""
-    from .jobs import validate_method_options
-    from .pruning import get_method
-
-    method = get_method(method_name)
-    validate_method_options(method, raw)
-    out = {}
-    for key, text in raw.items():
-        default = method.params[key]
-        try:
-            if isinstance(default, bool):
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                out[key] = text.lower() in ("true", "1", "yes")
-            elif isinstance(default, int):
-                out[key] = int(text)
-            elif isinstance(default, float):
-                out[key] = float(text)
-                if not math.isfinite(out[key]):
-                    raise ValueError
-            else:
-                out[key] = text
-        except ValueError:
-            raise ValueError(
-                f"option {key}={text!r} of method {method_name!r} must be a "
-                f"{type(default).__name__} (default {default!r})"
-            ) from None
-    return out
-
-
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option(
     "--model-uri",
@@ -381,7 +360,7 @@ def prune(
         if not eq:
             raise ValueError(f"--option {pair!r} must look like name=value")
         raw[key] = value
-    options = coerce_options(method, raw)
+    options = get_method(method).resolve_options(raw)
     kw.pop("epochs")
     data, run, config = _configs(kw)
     _print_run(
@@ -397,7 +376,7 @@ def prune(
             options,
             target_bytes,
             target_metric,
-            kw["tta_flip"],
+            config.tta_flip,
         ),
     )
 
@@ -411,9 +390,8 @@ def finetune(model_uri: str, **kw) -> None:
     """Continue training a pruned model with its masks or architecture kept (stage=finetune)."""
     from .jobs import finetune_model
 
-    tta = kw["tta_flip"]
     data, run, config = _configs(kw)
-    _print_run("finetune", finetune_model(model_uri, config.epochs, data, config, run, tta))
+    _print_run("finetune", finetune_model(model_uri, config.epochs, data, config, run, config.tta_flip))
 
 
 @cli.command()
@@ -463,13 +441,6 @@ def archs() -> None:
         click.echo(f"{name:10s} {count_params(build_model(name)):>12,d} parameters")
 
 
-def main() -> None:
-    cli()
-
-
-if __name__ == "__main__":
-    main()
-
 
 def run_entrypoint(command: click.Command) -> None:
     """Run a command as an MLproject entry point: a usage error (bad type, missing value) also fails the
@@ -485,3 +456,121 @@ def run_entrypoint(command: click.Command) -> None:
     except click.exceptions.Abort:
         fail_launched_run()
         sys.exit(130)
+
+
+def _split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def compare_filter_options(fn: Callable) -> Callable:
+    options = [
+        click.option("--experiment-names", "--experiment_names", "experiment_names", default="prune-tracker",
+                     show_default=True, help="comma-separated experiments to search"),
+        click.option("--dataset", default="", help="only runs on this dataset"),
+        click.option("--arch", default="", help="only runs of this architecture"),
+        click.option("--method", default="", help="only runs of this pruning method"),
+        click.option("--stage", default="", help="only runs of this stage (train, prune, finetune)"),
+        click.option("--filter", "filter_string", default="", help="a raw MLflow filter string, ANDed"),
+        click.option("--metric", default="test_accuracy", show_default=True, help="accuracy metric"),
+        click.option("--footprint", default="footprint_best_bytes", show_default=True,
+                     help="footprint metric on the x axis"),
+        click.option("--budget", default="", help="best accuracy within this footprint, e.g. 200KB"),
+        click.option("--min-accuracy", "--min_accuracy", "min_accuracy",
+                     type=FiniteFloat(low=0, high=1, optional=True), default=None,
+                     help="smallest footprint above this accuracy"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _compare_scope(kw: dict[str, Any]) -> dict[str, Any]:
+    names = _split_list(kw.pop("experiment_names"))
+    if not names:
+        raise ValueError("experiment_names is empty; name at least one experiment")
+    return {"experiment_names": names, **{k: (v or None) if isinstance(v, str) else v for k, v in kw.items()}}
+
+
+@cli.command()
+@compare_filter_options
+@click.option("--register", type=click.BOOL, default=False, is_flag=False, flag_value=True, show_default=True,
+              help="register the front's models (or the budget winner as champion); --register [true|false]")
+@click.option("--registered-name", "--registered_name", "registered_name", default="",
+              help="registry name (default prune-tracker-<dataset>-<arch>)")
+@handle_errors
+def compare(register: bool, registered_name: str, **kw) -> None:
+    """Pareto front of accuracy vs footprint across runs; budget and floor answers; optional registration."""
+    from .compare import run_compare
+
+    result = run_compare(**_compare_scope(kw), register=register, registered_name=registered_name or None)
+    click.echo(result.table)
+    for run_id, reason in result.missing:
+        click.echo(f"skipped {run_id}: {reason}")
+    if result.budget_bytes is not None:
+        best = result.best_under_budget
+        click.echo(f"best within budget: {best.run_id if best else 'nothing fits'}")
+    if result.min_accuracy is not None:
+        small = result.smallest_above_floor
+        click.echo(f"smallest above floor: {small.run_id if small else 'nothing reaches it'}")
+    if result.registration is not None:
+        for name, version in result.registration.champions.items():
+            click.echo(f"registered {name}, champion = version {version} ({result.registration.champion_uri(name)})")
+    click.echo(f"compare run {result.run_id} finished")
+
+
+@cli.command()
+@compare_filter_options
+@click.option("--out-dir", "--out_dir", "out_dir", default="", help="also keep the HTML here")
+@handle_errors
+def report(out_dir: str, **kw) -> None:
+    """Self-contained HTML report (fronts, method table, ratio curves, sparsity, footprint), logged as a run."""
+    from .report import run_report
+
+    scope = _compare_scope(kw)
+    scope.pop("stage")
+    result = run_report(scope.pop("experiment_names"), out_dir or None, **scope)
+    click.echo(f"report {result.path} (run {result.run_id})")
+
+
+@cli.command(name="main")
+@click.option("--arch", default="resnet20", show_default=True)
+@click.option("--methods", default="global_l1,lamp,li_filters", show_default=True,
+              help="comma-separated pruning methods")
+@click.option("--ratios", default="0.5,0.7,0.9", show_default=True, help="comma-separated pruning ratios")
+@click.option("--finetune-epochs", "--finetune_epochs", "finetune_epochs", type=FiniteFloat(low=0), default=1.0,
+              show_default=True)
+@click.option("--finetune-lr", "--finetune_lr", "finetune_lr", type=FiniteFloat(low=0), default=0.01,
+              show_default=True)
+@click.option("--footprint", default="footprint_best_bytes", show_default=True)
+@click.option("--budget", default="", help="footprint budget for the champion, e.g. 200KB")
+@click.option("--register", type=click.BOOL, default=True, is_flag=False, flag_value=True, show_default=True,
+              help="register the front's models; --register [true|false]")
+@click.option("--registered-name", "--registered_name", "registered_name", default="")
+@train_options(epochs_default=4, lr_default=0.2, ema_default=0.99)
+@data_options
+@handle_errors
+def main_pipeline(arch: str, methods: str, ratios: str, finetune_epochs: float, finetune_lr: float,
+                  footprint: str, budget: str, register: bool, registered_name: str, **kw) -> None:
+    """The whole study: train, prune with each method at each ratio, fine-tune, evaluate, compare,
+    register, report — each step a nested run; finished steps are reused on a rerun."""
+    from .pipeline import PipelineConfig, run_pipeline
+
+    data, run, config = _configs(kw)
+    try:
+        ratio_values = [float(r) for r in _split_list(ratios)]
+    except ValueError:
+        raise ValueError(f"ratios={ratios!r} must be comma-separated numbers in [0, 1)") from None
+    pipeline = PipelineConfig(arch=arch, data=data, train=config, methods=_split_list(methods), ratios=ratio_values,
+                              finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, tta_flip=config.tta_flip,
+                              footprint=footprint, budget=budget or None, register=register,
+                              registered_name=registered_name or None, experiment_name=run.experiment_name,
+                              device=run.device, progress=run.progress)
+    result = run_pipeline(pipeline)
+    click.echo(f"pipeline run {result.run_id} finished: {len(result.steps)} steps "
+               f"({len(result.reused)} reused)")
+    if result.champion_uri:
+        click.echo(f"champion: {result.champion_uri}")
+
+
+if __name__ == "__main__":
+    cli()

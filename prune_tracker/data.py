@@ -180,7 +180,10 @@ def _read_local(data_dir: Path, dataset: str) -> tuple[ImageSet, ImageSet, list[
             raise DataError(f"data_dir {str(data_dir)!r} is a file but not a .tar/.tar.gz archive")
         return (*_read_archive_cached(data_dir), f"archive:{data_dir}")
     if _is_torchvision_root(data_dir, dataset):
-        return (*_read_torchvision(data_dir, dataset, download=False), f"torchvision:{data_dir}")
+        try:
+            return (*_read_torchvision(data_dir, dataset, download=False), f"torchvision:{data_dir}")
+        except RuntimeError as err:  # torchvision's integrity check
+            raise DataError(f"torchvision {dataset} root {str(data_dir)!r} is unreadable: {err}") from None
     return (*_read_image_folder(data_dir), f"imagefolder:{data_dir}")
 
 
@@ -212,7 +215,8 @@ def synthetic_images(n: int, num_classes: int, seed: int) -> ImageSet:
     labels = labels[torch.randperm(n, generator=gen)]
     images = prototypes[labels] + 0.25 * torch.randn(n, 3, 32, 32, generator=gen)
     shifts = torch.randint(-2, 3, (n, 2), generator=gen).tolist()
-    images = torch.stack([torch.roll(img, shifts=shift, dims=(1, 2)) for img, shift in zip(images, shifts)])
+    rolled = [torch.roll(img, shifts=shift, dims=(1, 2)) for img, shift in zip(images, shifts, strict=True)]
+    images = torch.stack(rolled)
     return ImageSet((images.clamp(0, 1) * 255).round().to(torch.uint8), labels)
 
 

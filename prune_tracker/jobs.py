@@ -32,6 +32,7 @@ from .pruning import (
     make_permanent,
     prunable_layers,
     sparsity_report,
+    validate_ratio,
 )
 from .training import (
     TrainConfig,
@@ -74,9 +75,10 @@ class RunOptions:
     extra_tags: dict[str, str] = field(default_factory=dict)
     nested: bool = False  # a step of the `main` pipeline
 
-    def start(self, stage: str, tags: dict[str, Any]):
+    def start(self, stage: str, tags: dict[str, Any], resume_run_id: str | None = None):
         return tracking.tracked_run(stage, self.experiment_name, self.run_name,
-                                    _lineage_tags({**tags, **self.extra_tags}), nested=self.nested)
+                                    _lineage_tags({**tags, **self.extra_tags}), nested=self.nested,
+                                    resume_run_id=resume_run_id)
 
 
 def _lineage_tags(stage_tags: dict[str, Any]) -> dict[str, str]:
@@ -148,7 +150,7 @@ def train(
             **run.extra_tags,
         }
     )
-    with run.start("train", tags) as active:
+    with run.start("train", tags, resume_run_id) as active:
         tracking.log_params(
             {
                 "arch": arch,
@@ -330,22 +332,6 @@ def _prune_context(
     )
 
 
-def validate_ratio(ratio: float) -> float:
-    if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0 <= ratio < 1):
-        raise ValueError(f"ratio={ratio} must be a number with 0 <= ratio < 1")
-    return float(ratio)
-
-
-def validate_method_options(method, options: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(options) - set(method.params)
-    if unknown:
-        allowed = ", ".join(method.params) or "none"
-        raise ValueError(
-            f"method {method.name!r} has no option(s) {', '.join(sorted(unknown))}; its options: {allowed}"
-        )
-    return {**method.params, **options}
-
-
 def prune_model(
     model_uri: str,
     method_name: str,
@@ -362,7 +348,7 @@ def prune_model(
     """Prune a logged model with a registered method, optionally fine-tune, measure and log everything."""
     method = get_method(method_name)
     ratio = validate_ratio(ratio)
-    options = validate_method_options(method, options or {})
+    options = method.resolve_options(options or {})
     if not (math.isfinite(finetune_epochs) and finetune_epochs >= 0):
         raise ValueError(f"finetune_epochs={finetune_epochs} must be a finite number >= 0")
     config.validate()

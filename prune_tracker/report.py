@@ -478,6 +478,9 @@ def run_report(
     log_experiment: str | None = None,
 ) -> ReportResult:
     """Query, build the HTML and log it as ``report/report.html`` of a ``stage=report`` run."""
+    if not footprint.endswith("_bytes"):
+        raise ValueError(f"report footprint={footprint!r} must be a byte metric (footprint_*_bytes, "
+                         "activation_peak_*_bytes, total_fp16_best_bytes)")
     budget_bytes = compare.parse_budget(budget)
     points, missing = compare.query_runs(
         experiment_names, dataset, arch, method, None, filter_string, metric, footprint

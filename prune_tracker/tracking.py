@@ -47,15 +47,27 @@ def tracked_run(
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     nested: bool = False,
+    resume_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, under `mlflow run`, resume) a run tagged with its `stage`. An exception inside marks
-    the run FAILED (KILLED on Ctrl-C) before it propagates, so no run is left RUNNING."""
+    """Start (under `mlflow run`: continue the run it created; with `resume_run_id`: reopen that run) a run
+    tagged with its `stage`. An exception inside ends the run FAILED, Ctrl-C ends it KILLED, before it
+    propagates, so no run is left RUNNING."""
     launched_by_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID")) and not nested
-    if experiment_name and not launched_by_mlflow_run and not nested:
+    reopen = resume_run_id if resume_run_id and not launched_by_mlflow_run else None
+    if experiment_name and not launched_by_mlflow_run and not nested and not reopen:
         mlflow.set_experiment(experiment_name)
-    with mlflow.start_run(run_name=None if launched_by_mlflow_run else run_name, nested=nested) as run:
+    run = mlflow.start_run(run_id=reopen, run_name=None if launched_by_mlflow_run or reopen else run_name,
+                           nested=nested)
+    try:
         mlflow.set_tags({"stage": stage, **(tags or {})})
         yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
 
 
 def fail_launched_run() -> None:
@@ -94,8 +106,9 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: st
 def log_dataset(splits, name: str) -> None:
     """The training split as an MLflow dataset input (a digest of the uint8 images, not a copy)."""
     images = splits.train.images[:256].numpy()
+    source = splits.source.split(":", 1)[-1]  # "archive:/path" -> a path MLflow can resolve
     dataset = mlflow.data.from_numpy(
-        images, targets=splits.train.labels[:256].numpy(), source=splits.source, name=name
+        images, targets=splits.train.labels[:256].numpy(), source=source, name=name
     )
     mlflow.log_input(dataset, context="training")
 

@@ -36,9 +36,14 @@ class TrainConfig:
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # 0 = off; e.g. 0.999 averages the last ~1000 steps
     tta_flip: bool = True
+    # Progressive resizing, e.g. "16:0.4,24:0.3": the first 40% of steps see images downscaled to 16 px,
+    # the next 30% 24 px, the rest full size. Convolutions cost ~(size/32)^2, so a 2-core CPU fits
+    # more epochs in the same time; the full-size phase at the end re-adapts to the test resolution.
+    resize_schedule: str = ""
     seed: int = 0
 
     def validate(self) -> None:
+        parse_resize_schedule(self.resize_schedule)
         if not (self.epochs >= 0 and math.isfinite(self.epochs)):
             raise ValueError(f"epochs={self.epochs} must be a finite number >= 0")
         if self.batch_size < 1:
@@ -79,6 +84,23 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if native and torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") else None
 
 
+def parse_resize_schedule(text: str) -> list[tuple[int, float]]:
+    """"16:0.4,24:0.3" -> [(16, 0.4), (24, 0.7)]: image size and the fraction of training where it ends."""
+    phases, end = [], 0.0
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        size, _, fraction = part.partition(":")
+        try:
+            size_px, share = int(size), float(fraction)
+        except ValueError:
+            size_px, share = 0, -1.0
+        if not (8 <= size_px <= 32 and 0 < share <= 1) or end + share > 1 + 1e-9:
+            raise ValueError(f"resize_schedule={text!r} must look like '16:0.4,24:0.3' (sizes 8-32 px, "
+                             "fractions of training adding up to at most 1)")
+        end += share
+        phases.append((size_px, end))
+    return phases
+
+
 def warmup_ema(decay: float):
     """EMA (a multi_avg_fn for AveragedModel) whose decay ramps up as (1 + n) / (10 + n) towards `decay`,
     so a short run's average is not dominated by the random initial weights."""
@@ -89,7 +111,7 @@ def warmup_ema(decay: float):
         if torch.is_floating_point(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1 - rate)
         else:  # integer buffers such as num_batches_tracked
-            for avg, cur in zip(averaged, current):
+            for avg, cur in zip(averaged, current, strict=True):
                 avg.copy_(cur)
 
     return average
@@ -188,6 +210,7 @@ class Trainer:
             else None
         )
         self.step = 0
+        self._resize_phases = parse_resize_schedule(config.resize_schedule)
         self.step_callback, self.progress = step_callback, progress
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
@@ -244,7 +267,17 @@ class Trainer:
             "lr": self.lr(),
         }
 
+    def image_size(self) -> int:
+        done = self.step / self.total_steps
+        for size, end in self._resize_phases:
+            if done < end:
+                return size
+        return 32
+
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        size = self.image_size()
+        if size != x.shape[-1]:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         with _autocast(self.device, self.amp_dtype):
             logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)

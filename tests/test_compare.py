@@ -338,6 +338,8 @@ def test_compare_through_real_server(mlflow_server: str, monkeypatch, tmp_path: 
         assert len(_versions(client, name)) == 3
         model = mlflow.pytorch.load_model(f"models:/{name}@champion", dst_path=str(tmp_path))
         assert isinstance(model, TinyNet)
+        with pytest.raises(ValueError, match="invalid MLflow filter 'metrics.x >>> 1'"):
+            compare.query_runs(["http-lab"], filter_string="metrics.x >>> 1")
         csv_text = mlflow.artifacts.load_text(f"runs:/{result.run_id}/compare/table.csv")
         assert csv_text.count("\n") == 6
     finally:

@@ -68,7 +68,7 @@ def test_tensor_without_zeros_stays_dense():
     row = tensor_row("w", torch.ones(4, 3, 3, 3))  # 108 elements, 27 columns
     assert (row["fp32"], row["fp16"]) == (432, 216)
     # CSR fp16 would be 108 * (2 + 1) + 5 * 1 = 329 > 216, bitmask 216 + 14 = 230 > 216: both fall back
-    assert row["csr_fp16"] == row["bitmask_fp16"] == row["best_fp16"] == 216
+    assert row["csr_fp16"] == row["bitmask_fp16"] == row["best"] == 216
     assert row["csr_fp32"] == 432  # 108 * 5 + 5 = 545 > 432
     assert (row["csr_fp16_as"], row["bitmask_fp16_as"], row["chosen"]) == ("dense", "dense", "dense")
     assert (row["index_dtype"], row["rowptr_dtype"]) == ("uint8", "uint8")
@@ -79,7 +79,7 @@ def test_all_zero_tensor_is_row_pointers_only():
     assert row["nonzeros"] == 0
     assert row["csr_fp16"] == row["csr_fp32"] == 65  # 65 uint8 row pointers, nothing else
     assert row["bitmask_fp16"] == 36864 // 8
-    assert (row["chosen"], row["best_fp16"], row["index_dtype"]) == ("csr", 65, "uint16")
+    assert (row["chosen"], row["best"], row["index_dtype"]) == ("csr", 65, "uint16")
 
 
 INDEX_CASES = [(256, "uint8", 1), (257, "uint16", 2), (40_000, "uint16", 2), (70_000, "uint32", 4)]
@@ -108,9 +108,9 @@ def test_row_pointer_type_follows_nonzero_count():
 
 def test_one_dimensional_and_integer_tensors_are_dense():
     bias = tensor_row("b", torch.zeros(100))
-    assert bias["csr_fp16"] == bias["bitmask_fp16"] == bias["best_fp16"] == 200
+    assert bias["csr_fp16"] == bias["bitmask_fp16"] == bias["best"] == 200
     ints = tensor_row("i", torch.zeros(10, dtype=torch.int64))
-    assert ints["fp32"] == ints["fp16"] == ints["best_fp16"] == 80
+    assert ints["fp32"] == ints["fp16"] == ints["best"] == 80
 
 
 def test_bitmask_wins_at_moderate_sparsity():

@@ -26,7 +26,13 @@ from prune_tracker.pruning.han import han_schedule
 from prune_tracker.pruning.lamp import lamp_scores
 from prune_tracker.pruning.masks import current_weight
 from prune_tracker.pruning.sensitivity import allocate
-from prune_tracker.pruning.thinet import greedy_removal, least_squares_scales, relative_error
+from prune_tracker.pruning.thinet import (
+    contributions,
+    draw_positions,
+    greedy_removal,
+    least_squares_scales,
+    relative_error,
+)
 
 torch.set_num_threads(2)
 
@@ -233,6 +239,18 @@ def test_thinet_drops_unread_channels(ctx: PruneContext) -> None:
     assert len(kept) == 12 and not set(kept) & set(dead)
     for err in result.details["reconstruction"].values():
         assert err["error"] <= err["error_no_rescale"] + 1e-9
+
+
+def test_thinet_contributions_sum_to_conv_output() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 7, 3, stride=2, padding=1, bias=False)
+    inputs = torch.randn(4, 5, 9, 9)
+    n, f, h, w = draw_positions(inputs, conv, 20, torch.Generator().manual_seed(0))
+    x = contributions(inputs, conv, n, f, h, w)
+    with torch.no_grad():
+        assert torch.allclose(x.sum(1), conv(inputs)[n, f, h, w], atol=1e-5)
+    assert torch.allclose(x[:, 2], nn.functional.conv2d(inputs[:, 2:3], conv.weight[:, 2:3], stride=2,
+                                                        padding=1)[n, f, h, w], atol=1e-5)
 
 
 def test_thinet_least_squares_and_duplicates() -> None:

@@ -13,8 +13,10 @@ running_mean, running_var; not num_batches_tracked; tied tensors once):
   uint16 <= 65 536, uint32 beyond); row pointer type: smallest unsigned type holding nnz. A tensor whose
   CSR is larger than dense, and every 1-D tensor, counts dense.
 - footprint_bitmask_fp16_bytes: nnz fp16 values + ceil(numel / 8) mask bytes (dense if that is smaller).
-- footprint_best_bytes: per tensor the smallest of dense fp16 / CSR fp16 / bitmask fp16; the chosen
-  format is breakdown["tensors"][i]["chosen"].
+- footprint_best_bytes: per tensor the smallest of dense fp16 / CSR fp16 / bitmask fp16 (ties: dense,
+  csr, bitmask). breakdown["tensors"] rows: name, shape, numel, nonzeros, bytes per format (fp32, fp16,
+  csr_fp32, csr_fp16, bitmask_fp16, best), csr_*_as / bitmask_fp16_as ("dense" on fallback),
+  index_dtype, rowptr_dtype, chosen (the best format).
 - params_total / params_nonzero: elements / non-zero elements of model.parameters() (as count_params).
 Real files (np.savez, uncompressed, exactly the arrays above with the dtypes above; kept when
 write_files_to is given): file_fp32_bytes, file_fp16_bytes, file_csr_fp32_bytes, file_csr_fp16_bytes,
@@ -31,6 +33,9 @@ referenced; not parameters, views, integer side outputs (max-pool indices), or k
 counts the same elements at 2 bytes. Unstructured zeros do not change it; removing channels does.
 Per-op rows: breakdown["activations"]["rows"]. total_fp16_best_bytes = footprint_best_bytes +
 activation_peak_fp16_bytes.
+
+Speed: the measurement runs torch on one intra-op thread (restored afterwards): a batch-1 CIFAR forward
+gains nothing from more, and on a shared CPU competing OpenMP threads cost seconds.
 
 Compute (per image): flops_dense holds MULTIPLY-ACCUMULATES (MACs) of convolutions and matmuls, the
 convention of Li et al. (ResNet-56 = 1.25e8): torch.utils.flop_counter.FlopCounterMode total / 2.

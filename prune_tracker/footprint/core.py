@@ -62,7 +62,7 @@ def _storage_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {
         f"footprint_{key}_bytes": float(sum(r[key] for r in rows))
         for key in ("fp32", "fp16", "csr_fp32", "csr_fp16", "bitmask_fp16")
-    } | {"footprint_best_bytes": float(sum(r["best_fp16"] for r in rows))}
+    } | {"footprint_best_bytes": float(sum(r["best"] for r in rows))}
 
 
 def _param_counts(model: nn.Module) -> dict[str, float]:
@@ -186,7 +186,7 @@ def _measure(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, pa
         "flops": {"unit": "multiply-accumulates per image", **flops, "layers": layers},
         "micronet": score,
         "files": files,
-        "totals": metrics,
+        "totals": dict(metrics),
     }
     return Footprint(metrics, breakdown)
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from .units import human_bytes
 
@@ -44,7 +45,7 @@ def _tensor_lines(rows: list[dict[str, Any]], m: dict[str, float]) -> list[str]:
             human_bytes(r["fp16"]),
             human_bytes(r["csr_fp16"]),
             human_bytes(r["bitmask_fp16"]),
-            f"{human_bytes(r['best_fp16'])} ({r['chosen']})",
+            f"{human_bytes(r['best'])} ({r['chosen']})",
         ]
         for r in rows
     ]
@@ -135,6 +136,7 @@ def footprint_figure(fp: Footprint) -> Figure:
     )
     for i, (p, a) in enumerate(zip(params, acts, strict=True)):
         ax.annotate(human_bytes(p + a), (i, p + a), ha="center", va="bottom", fontsize=8)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v)))
     ax.set_ylabel("bytes")
     ax.set_title("Memory footprint by storage format")
     ax.legend()

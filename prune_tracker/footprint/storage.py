@@ -81,7 +81,7 @@ def tensor_row(name: str, t: torch.Tensor) -> dict[str, Any]:
             "index_dtype": None,
             "rowptr_dtype": None,
             "chosen": "dense",
-            "best_fp16": size,
+            "best": size,
         }
     row |= {"fp32": 4 * numel, "fp16": 2 * numel}
     sparse = _sparse_capable(t)
@@ -98,7 +98,7 @@ def tensor_row(name: str, t: torch.Tensor) -> dict[str, Any]:
     row["rowptr_dtype"] = uint_dtype(nnz).name if sparse else None
     candidates = {"dense": row["fp16"], "csr": row["csr_fp16"], "bitmask": row["bitmask_fp16"]}
     row["chosen"] = min(FP16_FORMATS, key=lambda f: (candidates[f], FP16_FORMATS.index(f)))
-    row["best_fp16"] = candidates[row["chosen"]]
+    row["best"] = candidates[row["chosen"]]
     return row
 
 

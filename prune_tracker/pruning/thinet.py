@@ -68,25 +68,38 @@ def consumer_inputs(model: nn.Module, consumer: nn.Module, ctx: PruneContext, n_
     return torch.cat(chunks)
 
 
-def sample_contributions(inputs: Tensor, conv: nn.Conv2d, per_image: int, gen: torch.Generator) -> Tensor:
-    """Rows x[m, c] = sum_{kh,kw} W[f_m, c] * Xpad[n_m, c, patch at p_m], `per_image` draws per image."""
-    if conv.groups != 1:
-        raise ValueError("thinet: grouped consumer convs are not supported")
-    ph, pw = conv.padding if isinstance(conv.padding, tuple) else (conv.padding, conv.padding)
-    x = F.pad(inputs, (pw, pw, ph, ph))
-    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
-    out_h = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
-    out_w = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
+def _pads(conv: nn.Conv2d) -> tuple[int, int]:
+    if isinstance(conv.padding, str) or conv.groups != 1:
+        raise ValueError("thinet: consumer convs need numeric padding and groups=1")
+    return conv.padding
+
+
+def draw_positions(inputs: Tensor, conv: nn.Conv2d, per_image: int,
+                   gen: torch.Generator) -> tuple[Tensor, ...]:
+    """(image n, out-filter f, out-row h, out-col w) for `per_image` random draws per image (CPU tensors)."""
+    (ph, pw), (kh, kw), (sh, sw), (dh, dw) = _pads(conv), conv.kernel_size, conv.stride, conv.dilation
+    out_h = (inputs.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (inputs.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     m = inputs.shape[0] * per_image
     n = torch.arange(inputs.shape[0]).repeat_interleave(per_image)
     f = torch.randint(conv.out_channels, (m,), generator=gen)
-    h = torch.randint(out_h, (m,), generator=gen)
-    w = torch.randint(out_w, (m,), generator=gen)
-    rows = (h * sh)[:, None] + torch.arange(kh) * dh  # (m, kh)
-    cols = (w * sw)[:, None] + torch.arange(kw) * dw  # (m, kw)
+    return n, f, torch.randint(out_h, (m,), generator=gen), torch.randint(out_w, (m,), generator=gen)
+
+
+def contributions(inputs: Tensor, conv: nn.Conv2d, n: Tensor, f: Tensor, h: Tensor, w: Tensor) -> Tensor:
+    """Rows x[m, c] = sum_{kh,kw} W[f_m, c] * Xpad[n_m, c, patch at (h_m, w_m)]; sum_c x = conv output
+    at (n, f, h, w) minus bias."""
+    (ph, pw), (kh, kw), (sh, sw), (dh, dw) = _pads(conv), conv.kernel_size, conv.stride, conv.dilation
+    x = F.pad(inputs, (pw, pw, ph, ph))
     dev = inputs.device
-    patches = x[n.to(dev)[:, None, None], :, rows.to(dev)[:, :, None], cols.to(dev)[:, None, :]]  # m,kh,kw,C
+    rows = ((h * sh)[:, None] + torch.arange(kh) * dh).to(dev)  # (m, kh)
+    cols = ((w * sw)[:, None] + torch.arange(kw) * dw).to(dev)  # (m, kw)
+    patches = x[n.to(dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (m, kh, kw, C)
     return torch.einsum("mhwc,mchw->mc", patches.float(), conv.weight.detach()[f.to(dev)].float())
+
+
+def sample_contributions(inputs: Tensor, conv: nn.Conv2d, per_image: int, gen: torch.Generator) -> Tensor:
+    return contributions(inputs, conv, *draw_positions(inputs, conv, per_image, gen))
 
 
 def greedy_removal(x: Tensor, k: int) -> list[int]:

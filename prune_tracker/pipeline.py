@@ -1,0 +1,180 @@
+"""The `main` pipeline: train a base model, prune it with each method at each ratio (fine-tuning inside
+each prune run), evaluate, compare, register and report. Each step is its own MLflow run, nested under
+the pipeline run. Train, evaluate and prune steps that already FINISHED with the same parameters are
+reused (matched by the tag `pipeline_step_key`); compare and report always run again, since they read
+whatever the experiment holds now."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from . import __version__, tracking
+from .jobs import DataOptions, RunOptions, evaluate_model, prune_model, train
+from .models import build_model
+from .pruning import get_method, validate_ratio
+from .training import TrainConfig
+
+STEP_KEY_TAG = "pipeline_step_key"
+
+
+@dataclass
+class PipelineConfig:
+    arch: str = "resnet20"
+    data: DataOptions = field(default_factory=lambda: DataOptions(train_subset=5000, val_size=1000))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, ema_decay=0.99))
+    methods: list[str] = field(default_factory=lambda: ["global_l1", "lamp", "li_filters"])
+    ratios: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.9])
+    finetune_epochs: float = 1.0
+    finetune_lr: float = 0.01
+    tta_flip: bool = True
+    footprint: str = "footprint_best_bytes"
+    budget: str | None = None
+    register: bool = True
+    registered_name: str | None = None
+    experiment_name: str = "prune-tracker"
+    device: str = "auto"
+    progress: bool = False
+
+    def validate(self) -> None:
+        build_model(self.arch)
+        for name in self.methods:
+            get_method(name)
+        for ratio in self.ratios:
+            validate_ratio(ratio)
+        if not self.methods or not self.ratios:
+            raise ValueError("methods and ratios must each name at least one value")
+        self.train.validate()
+
+
+@dataclass
+class PipelineResult:
+    run_id: str
+    steps: dict[str, str] = field(default_factory=dict)  # step name -> run id
+    reused: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # step name -> error line
+    champion_uri: str | None = None
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+def step_key(stage: str, params: dict[str, Any]) -> str:
+    blob = json.dumps({"stage": stage, "version": __version__, **params}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _finished_step(experiment_id: str, key: str) -> str | None:
+    runs = MlflowClient().search_runs([experiment_id], f"tags.{STEP_KEY_TAG} = '{key}' and "
+                                      "attributes.status = 'FINISHED'", max_results=1,
+                                      order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+class _Steps:
+    def __init__(self, result: PipelineResult, experiment_id: str, base_options: RunOptions):
+        self.result, self.experiment_id, self.base_options = result, experiment_id, base_options
+
+    def run(self, name: str, stage: str, params: dict[str, Any], action: Callable[[RunOptions], str],
+            reuse: bool = True) -> str | None:
+        key = step_key(stage, params)
+        if reuse and (previous := _finished_step(self.experiment_id, key)):
+            print(f"[main] {name}: reusing finished run {previous}", flush=True)
+            self.result.steps[name], _ = previous, self.result.reused.append(name)
+            return previous
+        print(f"[main] {name}: running", flush=True)
+        options = replace(self.base_options, nested=True, run_name=name,
+                          extra_tags={STEP_KEY_TAG: key, "pipeline_step": name})
+        try:
+            run_id = action(options)
+        except Exception as err:  # noqa: BLE001 - a failed step is reported, the others go on
+            line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            print(f"[main] {name}: FAILED: {line}", flush=True)
+            traceback.print_exc()
+            self.result.failed[name] = line
+            return None
+        self.result.steps[name] = run_id
+        return run_id
+
+
+def run_pipeline(config: PipelineConfig) -> PipelineResult:
+    config.validate()
+    run_options = RunOptions(config.experiment_name, config.device, config.progress)
+    finetune_config = replace(config.train, lr=config.finetune_lr, schedule="cosine", ema_decay=0.0,
+                              warmup_fraction=0.0)
+    with tracking.tracked_run("pipeline", config.experiment_name, "main",
+                              {"dataset": config.data.dataset, "arch": config.arch}) as active:
+        tracking.log_params({"arch": config.arch, **asdict(config.data), **asdict(config.train),
+                             "methods": ",".join(config.methods), "ratios": ",".join(map(str, config.ratios)),
+                             "finetune_epochs": config.finetune_epochs, "finetune_lr": config.finetune_lr,
+                             "tta_flip": config.tta_flip, "footprint": config.footprint,
+                             "budget": config.budget or "", "register": config.register})
+        result = PipelineResult(active.info.run_id)
+        steps = _Steps(result, active.info.experiment_id, run_options)
+        common = {"arch": config.arch, **asdict(config.data)}
+        base = steps.run("train", "train", {**common, **asdict(config.train)},
+                         lambda opts: train(config.arch, config.data, config.train, opts))
+        if base is None:
+            raise PipelineError("step 'train' failed: " + result.failed["train"])
+        base_uri = f"runs:/{base}/model"
+        steps.run("evaluate-base", "evaluate", {"model_uri": base_uri, **common, "tta": config.tta_flip},
+                  lambda opts: evaluate_model(base_uri, config.data, opts, tta_flip=config.tta_flip))
+        for method in config.methods:
+            for ratio in config.ratios:
+                params = {"model_uri": base_uri, "method": method, "ratio": ratio, **common,
+                          "finetune_epochs": config.finetune_epochs, **asdict(finetune_config),
+                          "tta": config.tta_flip}
+                steps.run(f"prune-{method}-{ratio}", "prune", params,
+                          lambda opts, m=method, r=ratio: prune_model(
+                              base_uri, m, r, config.data, finetune_config, opts, config.finetune_epochs,
+                              tta_flip=config.tta_flip))
+        _compare_register_report(config, steps, result)
+        mlflow.log_dict({"steps": result.steps, "reused": result.reused, "failed": result.failed},
+                        "pipeline.json")
+        tracking.log_metrics({"steps_run": len(result.steps) - len(result.reused),
+                              "steps_reused": len(result.reused), "steps_failed": len(result.failed)})
+        if result.failed:
+            mlflow.set_tag("failed_steps", ",".join(result.failed))
+            raise PipelineError(f"{len(result.failed)} step(s) failed: "
+                                + "; ".join(f"{k}: {v}" for k, v in result.failed.items()))
+        return result
+
+
+def _compare_register_report(config: PipelineConfig, steps: _Steps, result: PipelineResult) -> None:
+    from .compare import run_compare
+    from .report import run_report
+
+    # The whole experiment for this dataset and architecture: reused steps belong to earlier pipeline runs.
+    scope = {"dataset": config.data.dataset, "arch": config.arch, "footprint": config.footprint,
+             "budget": config.budget}
+
+    def compare_step(opts: RunOptions) -> str:
+        with opts.start("compare", {"dataset": config.data.dataset, "arch": config.arch}) as run:
+            outcome = run_compare([config.experiment_name], **scope, register=config.register,
+                                  registered_name=config.registered_name)
+            print(outcome.table, flush=True)
+            if outcome.registration is not None and outcome.registration.champions:
+                name = next(iter(outcome.registration.champions))
+                result.champion_uri = outcome.registration.champion_uri(name)
+            return run.info.run_id
+
+    steps.run("compare", "compare", scope, compare_step, reuse=False)
+
+    def report_step(opts: RunOptions) -> str:
+        with opts.start("report", {"dataset": config.data.dataset, "arch": config.arch}) as run:
+            run_report([config.experiment_name], **scope)
+            return run.info.run_id
+
+    steps.run("report", "report", scope, report_step, reuse=False)
+    if result.champion_uri:
+        steps.run("evaluate-champion", "evaluate", {"model_uri": result.champion_uri, "run": result.run_id},
+                  lambda opts: evaluate_model(result.champion_uri, config.data, opts, tta_flip=config.tta_flip),
+                  reuse=False)

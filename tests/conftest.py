@@ -1,0 +1,35 @@
+"""Shared test set-up: no network, no ../shared, a throw-away tracking store and data cache per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="prune-tracker-tests-"))
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["PRUNE_TRACKER_CACHE"] = str(_SESSION_DIR / "cache")
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_DIR / 'mlflow.db'}"
+os.environ.pop("MLFLOW_RUN_ID", None)
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from mlflow_server import mlflow_server  # noqa: E402,F401  (session-wide real server, started on demand)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny, fast, learnable training recipe on synthetic data, shared by the end-to-end tests.
+SYNTHETIC_DATA = {"dataset": "synthetic", "train_subset": "1000", "val_size": "200", "seed": "0"}
+QUICK_TRAIN = {**SYNTHETIC_DATA, "arch": "resnet20", "epochs": "3", "batch_size": "64", "lr": "0.1",
+               "ema_decay": "0.9", "device": "cpu"}
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return PROJECT_ROOT

@@ -1,0 +1,114 @@
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prune_tracker.data import BatchLoader, DataError, load_splits, split_train_val, synthetic_images
+
+
+def _write_tree(root, per_class=6, classes=("cat", "dog", "ship")):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for i, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for j in range(per_class):
+                pixels = np.full((32, 32, 3), 40 * i + j, dtype=np.uint8) + rng.integers(0, 3, (32, 32, 3),
+                                                                                         dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{j}.png")
+
+
+def test_synthetic_is_seedable_balanced_and_class_dependent():
+    a, b = synthetic_images(200, 10, seed=3), synthetic_images(200, 10, seed=3)
+    assert torch.equal(a.images, b.images) and a.images.dtype == torch.uint8
+    assert a.images.shape == (200, 3, 32, 32)
+    assert torch.bincount(a.labels).tolist() == [20] * 10
+    means = torch.stack([a.images[a.labels == c].float().mean(0) for c in range(10)])
+    assert torch.cdist(means.flatten(1), means.flatten(1)).fill_diagonal_(1e9).min() > 100
+
+
+def test_synthetic_any_class_count():
+    splits = load_splits("synthetic", train_subset=300, val_size=100, num_classes=100)
+    assert splits.num_classes == 100 and int(splits.train.labels.max()) < 100
+
+
+def test_subset_and_validation_are_class_balanced_and_disjoint():
+    full = synthetic_images(1000, 10, seed=1)
+    train, val = split_train_val(full, val_size=200, train_subset=300, seed=0)
+    assert torch.bincount(val.labels).tolist() == [20] * 10
+    assert torch.bincount(train.labels).tolist() == [30] * 10
+    train_set = {bytes(x.numpy()) for x in train.images}
+    assert not train_set & {bytes(x.numpy()) for x in val.images}
+    again, _ = split_train_val(full, val_size=200, train_subset=300, seed=0)
+    assert torch.equal(train.images, again.images)
+
+
+def test_image_folder_and_archive_read_the_same(tmp_path):
+    _write_tree(tmp_path / "tree" / "cifar-copy")
+    archive = tmp_path / "copy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree" / "cifar-copy", arcname="cifar-copy")
+    from prune_tracker import data as data_module
+
+    tree_train, tree_test, classes = data_module._read_image_folder(tmp_path / "tree")
+    arch_train, arch_test, arch_classes = data_module._read_archive(archive)
+    assert classes == arch_classes == ["cat", "dog", "ship"]
+    assert torch.equal(tree_train.images, arch_train.images) and torch.equal(tree_test.labels, arch_test.labels)
+    assert tree_train.images.shape == (18, 3, 32, 32)
+
+
+def test_class_count_mismatch_is_a_clear_error(tmp_path):
+    _write_tree(tmp_path / "tree")
+    with pytest.raises(DataError, match="has 3 classes, but cifar10 has 10"):
+        load_splits("cifar10", str(tmp_path / "tree"), val_size=3)
+
+
+@pytest.mark.parametrize("bad,match", [("nope", "unknown dataset 'nope'; choose one of: cifar10, cifar100, synthetic")])
+def test_unknown_dataset(bad, match):
+    with pytest.raises(DataError, match=match):
+        load_splits(bad)
+
+
+def test_missing_data_dir_and_bad_file(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_splits("cifar10", str(tmp_path / "missing"))
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not an archive")
+    with pytest.raises(DataError, match="not a .tar"):
+        load_splits("cifar10", str(junk))
+
+
+def test_no_network_download_is_a_one_line_error(monkeypatch):
+    from prune_tracker import data as data_module
+
+    def offline(*_a, **_k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(data_module, "_read_torchvision", offline)
+    with pytest.raises(DataError, match="could not download cifar100.*pass data_dir="):
+        load_splits("cifar100")
+
+
+def test_augmentation_crops_and_flips_within_padding():
+    images = synthetic_images(64, 4, seed=0)
+    loader = BatchLoader(images, 64, (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255), augment=True, seed=1,
+                         channels_last=False)
+    batch, labels = next(iter(loader))
+    assert batch.shape == (64, 3, 32, 32) and torch.equal(labels, images.labels)
+    source = torch.nn.functional.pad(images.images, (4, 4, 4, 4)).float()
+    for i in range(8):  # every augmented image is a (possibly mirrored) 32x32 window of the padded source
+        windows = source[i].unfold(1, 32, 1).unfold(2, 32, 1).permute(1, 2, 0, 3, 4)
+        found = ((windows == batch[i]).flatten(2).all(2).any() or
+                 (windows == batch[i].flip(2)).flatten(2).all(2).any())
+        assert found
+    plain = next(iter(BatchLoader(images, 64, (0.5,) * 3, (0.25,) * 3, channels_last=False)))[0]
+    assert torch.allclose(plain, (images.images.float() / 255 - 0.5) / 0.25, atol=1e-5)
+
+
+def test_loader_shuffles_deterministically_and_covers_everything():
+    images = synthetic_images(100, 10, seed=0)
+    first = torch.cat([y for _, y in BatchLoader(images, 32, (0,) * 3, (1,) * 3, shuffle=True, seed=5)])
+    second = torch.cat([y for _, y in BatchLoader(images, 32, (0,) * 3, (1,) * 3, shuffle=True, seed=5)])
+    assert torch.equal(first, second) and sorted(first.tolist()) == sorted(images.labels.tolist())

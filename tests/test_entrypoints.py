@@ -1,0 +1,166 @@
+"""End to end through `mlflow run . -e <entry point> --env-manager local` on synthetic data, read back with
+MlflowClient: runs FINISHED, metrics sane, models reload and reproduce the logged accuracy, lineage tags,
+bad input ends with one line, a non-zero exit and no run left RUNNING."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from conftest import PROJECT_ROOT, QUICK_TRAIN, SYNTHETIC_DATA
+from mlflow.tracking import MlflowClient
+
+from prune_tracker import tracking
+from prune_tracker.data import load_splits
+from prune_tracker.pruning import get_method, known_methods
+from prune_tracker.training import evaluate
+
+pytestmark = pytest.mark.e2e
+EXPERIMENT = "e2e"
+BIN = Path(sys.executable).parent
+FOOTPRINT_KEYS = ("footprint_fp32_bytes", "footprint_fp16_bytes", "footprint_csr_fp16_bytes", "footprint_best_bytes",
+                  "activation_peak_fp16_bytes", "total_fp16_best_bytes", "flops_dense", "micronet_score")
+
+
+def mlflow_run(entry: str, params: dict[str, str], experiment: str = EXPERIMENT,
+               tracking_uri: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    cmd = [str(BIN / "mlflow"), "run", str(PROJECT_ROOT), "-e", entry, "--env-manager", "local",
+           "--experiment-name", experiment]
+    for key, value in params.items():
+        cmd += ["-P", f"{key}={value}"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def last_run(experiment: str = EXPERIMENT, client: MlflowClient | None = None):
+    client = client or MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def no_running_runs(experiment: str = EXPERIMENT) -> bool:
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    return exp is None or not client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+
+
+def reproduce_accuracy(run) -> float:
+    loaded = tracking.load_model(f"runs:/{run.info.run_id}/model")
+    splits = load_splits("synthetic", train_subset=1000, val_size=200)
+    return evaluate(loaded.model, splits.test, splits, torch.device("cpu"), tta_flip=True)[0]
+
+
+@pytest.fixture(scope="module")
+def base_run():
+    proc = mlflow_run("train", QUICK_TRAIN)
+    assert_ok(proc)
+    return last_run()
+
+
+@pytest.fixture(scope="module")
+def prune_runs(base_run):
+    runs = {}
+    for method in known_methods():
+        proc = mlflow_run("prune", {**SYNTHETIC_DATA, "model_uri": f"runs:/{base_run.info.run_id}/model",
+                                    "method": method, "ratio": "0.5", "finetune_epochs": "0.3",
+                                    "device": "cpu", "batch_size": "64"})
+        runs[method] = (proc, last_run() if proc.returncode == 0 else None)
+    return runs
+
+
+def test_train_run_is_finished_sane_and_reloads(base_run):
+    metrics, tags = base_run.data.metrics, base_run.data.tags
+    assert base_run.info.status == "FINISHED"
+    assert tags["stage"] == "train" and tags["dataset"] == "synthetic" and "parent_run_id" not in tags
+    assert metrics["test_accuracy"] > 0.5 and metrics["val_accuracy"] > 0.5  # chance is 0.1
+    assert {"test_loss", "train_loss", "lr", *FOOTPRINT_KEYS} <= set(metrics)
+    assert base_run.inputs.dataset_inputs, "dataset logged as an MLflow input"
+    module = mlflow.pytorch.load_model(f"runs:/{base_run.info.run_id}/model")
+    module.train()  # a trainable nn.Module, not a pt2 GraphModule
+    assert reproduce_accuracy(base_run) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    history = MlflowClient().get_metric_history(base_run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2, 3]
+
+
+def test_evaluate_entry_point(base_run):
+    proc = mlflow_run("evaluate", {**SYNTHETIC_DATA, "model_uri": f"runs:/{base_run.info.run_id}/model",
+                                   "device": "cpu"})
+    assert_ok(proc)
+    run = last_run()
+    assert run.data.tags["stage"] == "evaluate" and run.data.tags["parent_run_id"] == base_run.info.run_id
+    assert run.data.metrics["test_accuracy"] == pytest.approx(base_run.data.metrics["test_accuracy"], abs=1e-6)
+    assert run.data.metrics["test_top5_accuracy"] >= run.data.metrics["test_accuracy"]
+    assert run.data.metrics["latency_ms_per_image_batch1"] > 0
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"confusion_matrix.png", "evaluation.json", "footprint.json"} <= artifacts
+
+
+@pytest.mark.parametrize("method", known_methods())
+def test_prune_entry_point_every_method(prune_runs, base_run, method):
+    proc, run = prune_runs[method]
+    assert_ok(proc)
+    metrics, tags = run.data.metrics, run.data.tags
+    assert run.info.status == "FINISHED"
+    assert tags["stage"] == "prune" and tags["method"] == method
+    assert tags["parent_run_id"] == base_run.info.run_id
+    assert {"test_accuracy_pruned", "val_accuracy_pruned", "test_accuracy", "val_accuracy", "sparsity_global",
+            "params_total", "params_nonzero", "params_reduction", "prune_seconds", *FOOTPRINT_KEYS} <= set(metrics)
+    assert any(key.startswith("sparsity.") for key in metrics)
+    assert metrics["params_reduction"] > 0.2
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"sparsity.json", "sparsity.png", "footprint.json", "model_spec"} <= artifacts
+    assert reproduce_accuracy(run) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    if get_method(method).ratio_kind == "weights":
+        assert metrics["sparsity_global"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_finetune_keeps_unstructured_zeros(prune_runs):
+    _, parent = prune_runs["global_l1"]
+    proc = mlflow_run("finetune", {**SYNTHETIC_DATA, "model_uri": f"runs:/{parent.info.run_id}/model",
+                                   "epochs": "1", "device": "cpu", "batch_size": "64"})
+    assert_ok(proc)
+    run = last_run()
+    assert run.data.tags["stage"] == "finetune" and run.data.tags["parent_run_id"] == parent.info.run_id
+    assert run.data.tags["method"] == "global_l1"
+    before = tracking.load_model(f"runs:/{parent.info.run_id}/model").model.state_dict()
+    after = tracking.load_model(f"runs:/{run.info.run_id}/model").model.state_dict()
+    for key, weight in before.items():
+        if key.endswith("weight") and weight.dim() > 1:
+            assert torch.all(after[key][weight == 0] == 0), key
+    assert run.data.metrics["sparsity_global"] == pytest.approx(parent.data.metrics["sparsity_global"], abs=1e-6)
+
+
+def test_finetune_keeps_structured_architecture(prune_runs):
+    _, parent = prune_runs["li_filters"]
+    proc = mlflow_run("finetune", {**SYNTHETIC_DATA, "model_uri": f"runs:/{parent.info.run_id}/model",
+                                   "epochs": "0.5", "device": "cpu", "batch_size": "64"})
+    assert_ok(proc)
+    run = last_run()
+    before = tracking.load_model(f"runs:/{parent.info.run_id}/model")
+    after = tracking.load_model(f"runs:/{run.info.run_id}/model")
+    assert after.spec["layers"] == before.spec["layers"]
+    assert run.data.metrics["params_total"] == parent.data.metrics["params_total"]
+
+
+@pytest.mark.parametrize("entry,params,message", [
+    ("prune", {"method": "nope"}, "unknown method 'nope'"),
+    ("train", {"lr": "abc"}, "'abc' is not a number"),
+])
+def test_bad_input_through_mlflow_run(base_run, entry, params, message):
+    full = {**SYNTHETIC_DATA, "model_uri": f"runs:/{base_run.info.run_id}/model", **params} if entry == "prune" \
+        else {**QUICK_TRAIN, **params}
+    proc = mlflow_run(entry, full, experiment="e2e-bad")
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert no_running_runs("e2e-bad")
