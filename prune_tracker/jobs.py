@@ -3,10 +3,11 @@ The click CLI and the MLproject entry points only parse arguments and call these
 
 from __future__ import annotations
 
+import copy
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch.nn.utils import prune as torch_prune
 from . import tracking
 from .data import BatchLoader, DataSplits, load_splits
 from .footprint import footprint_figure, measure_footprint
-from .models import build_model, count_params
+from .models import build_from_spec, build_model, count_params
 from .pruning import (
     PruneContext,
     get_method,
@@ -206,9 +207,7 @@ def evaluate_model(
 ) -> str:
     """Top-1/top-5/loss/per-class accuracy, confusion matrix and CPU latency, logged to a new run."""
     device = resolve_device(run.device)
-    loaded = tracking.load_model(model_uri, arch)
-    splits = data.load(num_classes=loaded.spec["num_classes"])
-    _check_classes(loaded.spec, splits)
+    loaded, splits = _load_with_data(model_uri, data, arch)
     model = loaded.model.to(device)
     tags = _lineage_tags(
         {
@@ -263,6 +262,15 @@ def evaluate_model(
         plt.close(fig)
         log_footprint(model)
         return active.info.run_id
+
+
+def _load_with_data(model_uri: str, data: DataOptions, arch: str | None = None
+                    ) -> tuple[tracking.LoadedModel, DataSplits]:
+    """The model behind `model_uri` and the data it must be evaluated on (same class count)."""
+    loaded = tracking.load_model(model_uri, arch)
+    splits = data.load(num_classes=loaded.spec["num_classes"])
+    _check_classes(loaded.spec, splits)
+    return loaded, splits
 
 
 def _check_classes(spec: dict[str, Any], splits: DataSplits) -> None:
@@ -353,9 +361,7 @@ def prune_model(
         raise ValueError(f"finetune_epochs={finetune_epochs} must be a finite number >= 0")
     config.validate()
     device = resolve_device(run.device)
-    loaded = tracking.load_model(model_uri)
-    splits = data.load(num_classes=loaded.spec["num_classes"])
-    _check_classes(loaded.spec, splits)
+    loaded, splits = _load_with_data(model_uri, data)
     arch = loaded.spec["arch"]
     parent = loaded.model
     model = _copy_model(loaded).to(device)
@@ -417,8 +423,6 @@ def prune_model(
 
 
 def _copy_model(loaded: tracking.LoadedModel) -> nn.Module:
-    from .models import build_from_spec
-
     model = build_from_spec(loaded.spec)
     model.load_state_dict(loaded.model.state_dict())
     return model
@@ -475,8 +479,6 @@ def search_ratio_for_target(
 
 
 def _clone(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).cpu()
 
 
@@ -515,9 +517,7 @@ def finetune_model(
     """Continue training a pruned model with its masks (zeros) or architecture kept."""
     config.validate()
     device = resolve_device(run.device)
-    loaded = tracking.load_model(model_uri)
-    splits = data.load(num_classes=loaded.spec["num_classes"])
-    _check_classes(loaded.spec, splits)
+    loaded, splits = _load_with_data(model_uri, data)
     arch = loaded.spec["arch"]
     model = _copy_model(loaded)
     masked_layers = reattach_masks(model)
@@ -565,6 +565,4 @@ def finetune_model(
 
 
 def replace_epochs(config: TrainConfig, epochs: float) -> TrainConfig:
-    from dataclasses import replace
-
     return replace(config, epochs=epochs)

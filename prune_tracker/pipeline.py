@@ -88,7 +88,8 @@ class _Steps:
         key = step_key(stage, params)
         if reuse and (previous := _finished_step(self.experiment_id, key)):
             print(f"[main] {name}: reusing finished run {previous}", flush=True)
-            self.result.steps[name], _ = previous, self.result.reused.append(name)
+            self.result.steps[name] = previous
+            self.result.reused.append(name)
             return previous
         print(f"[main] {name}: running", flush=True)
         options = replace(self.base_options, nested=True, run_name=name,
