@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,8 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["PRUNE_TRACKER_CACHE"] = str(_SESSION_DIR / "cache")
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_DIR / 'mlflow.db'}"
 os.environ.pop("MLFLOW_RUN_ID", None)
+# Entry points run `python entrypoints/...`: the python of this environment must come first on PATH.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from mlflow_server import mlflow_server  # noqa: E402,F401  (session-wide real server, started on demand)
@@ -33,3 +36,19 @@ def session_dir() -> Path:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return PROJECT_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_state(monkeypatch):
+    """mlflow.set_experiment() stores the active experiment in a global and in MLFLOW_EXPERIMENT_ID (for
+    subprocesses): reset both around every test so one test's experiment never leaks into the next."""
+    import mlflow
+    from mlflow.tracking import fluent
+
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    fluent._active_experiment_id = None
+    yield
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    fluent._active_experiment_id = None

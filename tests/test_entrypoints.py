@@ -29,7 +29,8 @@ FOOTPRINT_KEYS = ("footprint_fp32_bytes", "footprint_fp16_bytes", "footprint_csr
 
 def mlflow_run(entry: str, params: dict[str, str], experiment: str = EXPERIMENT,
                tracking_uri: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")}
+    env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     cmd = [str(BIN / "mlflow"), "run", str(PROJECT_ROOT), "-e", entry, "--env-manager", "local",
@@ -37,6 +38,21 @@ def mlflow_run(entry: str, params: dict[str, str], experiment: str = EXPERIMENT,
     for key, value in params.items():
         cmd += ["-P", f"{key}={value}"]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def submit_runs(jobs: list[tuple[str, dict[str, str]]], experiment: str = EXPERIMENT, parallel: int = 2) -> list:
+    """Run entry points through MLflow's projects API (what `mlflow run` calls), two at a time: each
+    child spends much of its life importing torch and MLflow, so two overlap well on two cores.
+    Returns the finished (or failed) runs in order."""
+    client, runs, pending = MlflowClient(), [], list(jobs)
+    while pending:
+        batch, pending = pending[:parallel], pending[parallel:]
+        submitted = [mlflow.projects.run(str(PROJECT_ROOT), entry, parameters=params, env_manager="local",
+                                         experiment_name=experiment, synchronous=False) for entry, params in batch]
+        for handle in submitted:
+            handle.wait()
+            runs.append(client.get_run(handle.run_id))
+    return runs
 
 
 def last_run(experiment: str = EXPERIMENT, client: MlflowClient | None = None):
@@ -70,13 +86,10 @@ def base_run():
 
 @pytest.fixture(scope="module")
 def prune_runs(base_run):
-    runs = {}
-    for method in known_methods():
-        proc = mlflow_run("prune", {**SYNTHETIC_DATA, "model_uri": f"runs:/{base_run.info.run_id}/model",
-                                    "method": method, "ratio": "0.5", "finetune_epochs": "0.3",
-                                    "device": "cpu", "batch_size": "64"})
-        runs[method] = (proc, last_run() if proc.returncode == 0 else None)
-    return runs
+    model_uri = f"runs:/{base_run.info.run_id}/model"
+    jobs = [("prune", {**SYNTHETIC_DATA, "model_uri": model_uri, "method": method, "ratio": "0.5",
+                       "finetune_epochs": "0.3", "device": "cpu", "batch_size": "64"}) for method in known_methods()]
+    return dict(zip(known_methods(), submit_runs(jobs), strict=True))
 
 
 def test_train_run_is_finished_sane_and_reloads(base_run):
@@ -90,7 +103,7 @@ def test_train_run_is_finished_sane_and_reloads(base_run):
     module.train()  # a trainable nn.Module, not a pt2 GraphModule
     assert reproduce_accuracy(base_run) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     history = MlflowClient().get_metric_history(base_run.info.run_id, "val_accuracy")
-    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.step for m in history if m.step > 0] == [1, 2, 3]  # per epoch, then the final value
 
 
 def test_evaluate_entry_point(base_run):
@@ -108,8 +121,7 @@ def test_evaluate_entry_point(base_run):
 
 @pytest.mark.parametrize("method", known_methods())
 def test_prune_entry_point_every_method(prune_runs, base_run, method):
-    proc, run = prune_runs[method]
-    assert_ok(proc)
+    run = prune_runs[method]
     metrics, tags = run.data.metrics, run.data.tags
     assert run.info.status == "FINISHED"
     assert tags["stage"] == "prune" and tags["method"] == method
@@ -125,12 +137,17 @@ def test_prune_entry_point_every_method(prune_runs, base_run, method):
         assert metrics["sparsity_global"] == pytest.approx(0.5, abs=0.01)
 
 
-def test_finetune_keeps_unstructured_zeros(prune_runs):
-    _, parent = prune_runs["global_l1"]
-    proc = mlflow_run("finetune", {**SYNTHETIC_DATA, "model_uri": f"runs:/{parent.info.run_id}/model",
-                                   "epochs": "1", "device": "cpu", "batch_size": "64"})
-    assert_ok(proc)
-    run = last_run()
+@pytest.fixture(scope="module")
+def finetune_runs(prune_runs):
+    parents = {"unstructured": prune_runs["global_l1"], "structured": prune_runs["li_filters"]}
+    jobs = [("finetune", {**SYNTHETIC_DATA, "model_uri": f"runs:/{parent.info.run_id}/model", "epochs": "1",
+                          "device": "cpu", "batch_size": "64"}) for parent in parents.values()]
+    return {kind: (parents[kind], run) for kind, run in zip(parents, submit_runs(jobs), strict=True)}
+
+
+def test_finetune_keeps_unstructured_zeros(finetune_runs):
+    parent, run = finetune_runs["unstructured"]
+    assert run.info.status == "FINISHED"
     assert run.data.tags["stage"] == "finetune" and run.data.tags["parent_run_id"] == parent.info.run_id
     assert run.data.tags["method"] == "global_l1"
     before = tracking.load_model(f"runs:/{parent.info.run_id}/model").model.state_dict()
@@ -141,12 +158,9 @@ def test_finetune_keeps_unstructured_zeros(prune_runs):
     assert run.data.metrics["sparsity_global"] == pytest.approx(parent.data.metrics["sparsity_global"], abs=1e-6)
 
 
-def test_finetune_keeps_structured_architecture(prune_runs):
-    _, parent = prune_runs["li_filters"]
-    proc = mlflow_run("finetune", {**SYNTHETIC_DATA, "model_uri": f"runs:/{parent.info.run_id}/model",
-                                   "epochs": "0.5", "device": "cpu", "batch_size": "64"})
-    assert_ok(proc)
-    run = last_run()
+def test_finetune_keeps_structured_architecture(finetune_runs):
+    parent, run = finetune_runs["structured"]
+    assert run.info.status == "FINISHED"
     before = tracking.load_model(f"runs:/{parent.info.run_id}/model")
     after = tracking.load_model(f"runs:/{run.info.run_id}/model")
     assert after.spec["layers"] == before.spec["layers"]
