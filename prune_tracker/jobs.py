@@ -25,7 +25,7 @@ from torch.nn.utils import prune as torch_prune
 from . import tracking
 from .data import BatchLoader, DataSplits, load_splits
 from .footprint import footprint_figure, measure_footprint
-from .models import build_from_spec, build_model, count_params
+from .models import build_from_spec, build_model
 from .pruning import (
     PruneContext,
     get_method,
@@ -174,9 +174,8 @@ def train(
         fit(trainer, on_epoch_end)
         final = _evaluate_splits(trainer.eval_model, splits, device, config.tta_flip)
         final["train_seconds"] = time.perf_counter() - started
-        final["params_total"] = final["params_nonzero"] = count_params(trainer.eval_model)
         tracking.log_metrics(final)
-        log_footprint(trainer.eval_model)
+        final.update(_param_counts(log_footprint(trainer.eval_model)))
         _finish_model(trainer.eval_model, arch, splits.num_classes, final)
         return active.info.run_id
 
@@ -308,16 +307,9 @@ def _sparsity_outputs(model: nn.Module) -> dict[str, float]:
     return report
 
 
-def _param_metrics(model: nn.Module, parent: nn.Module) -> dict[str, float]:
-    total = count_params(model)
-    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    parent_total = count_params(parent)
-    return {
-        "params_total": total,
-        "params_nonzero": nonzero,
-        "params_reduction": 1 - nonzero / parent_total,
-        "sparsity_global": global_sparsity(model),
-    }
+def _param_counts(footprint: dict[str, float]) -> dict[str, float]:
+    """The parameter counts the footprint measured (params_reduction only when it had a parent)."""
+    return {k: footprint[k] for k in ("params_total", "params_nonzero", "params_reduction") if k in footprint}
 
 
 def _prune_context(
@@ -439,10 +431,10 @@ def _log_pruned_outputs(
     pruning_spec: dict[str, Any],
 ) -> str:
     final = _evaluate_splits(model, splits, device, tta)
-    final.update(_param_metrics(model, parent))
+    final["sparsity_global"] = global_sparsity(model)
     tracking.log_metrics(final)
     _sparsity_outputs(model)
-    log_footprint(model, parent_model=parent)
+    final.update(_param_counts(log_footprint(model, parent_model=parent)))
     _finish_model(model, arch, splits.num_classes, final, {"pruning": pruning_spec})
     return run_id
 
