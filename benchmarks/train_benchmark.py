@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prune_tracker.data import load_splits  # noqa: E402
-from prune_tracker.models import architecture_spec, build_model  # noqa: E402
+from prune_tracker.models import architecture_spec, build_model, zero_init_residual  # noqa: E402
 from prune_tracker.training import TrainConfig, Trainer, evaluate, fit, resolve_device, seed_everything  # noqa: E402
 
 
@@ -33,8 +33,10 @@ def main() -> None:
     p.add_argument("--schedule", default="onecycle")
     p.add_argument("--warmup-fraction", type=float, default=0.25)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--ema-decay", type=float, default=0.0)
     p.add_argument("--resize-schedule", default="")
+    p.add_argument("--no-bn-weight-decay", dest="bn_weight_decay", action="store_false")
+    p.add_argument("--zero-init-residual", action="store_true")
     p.add_argument("--val-size", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -45,9 +47,13 @@ def main() -> None:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          schedule=args.schedule, warmup_fraction=args.warmup_fraction,
                          label_smoothing=args.label_smoothing, ema_decay=args.ema_decay,
-                         resize_schedule=args.resize_schedule, seed=args.seed)
+                         resize_schedule=args.resize_schedule, bn_weight_decay=args.bn_weight_decay,
+                         zero_init_residual=args.zero_init_residual, seed=args.seed)
     seed_everything(args.seed)
-    trainer = Trainer(build_model(args.arch, splits.num_classes), splits, config, device, progress=False)
+    model = build_model(args.arch, splits.num_classes)
+    if config.zero_init_residual:
+        zero_init_residual(model)
+    trainer = Trainer(model, splits, config, device, progress=False)
     started = time.perf_counter()
     fit(trainer, lambda epoch, m: print(f"epoch {epoch}: loss {m['train_loss']:.3f} val {m.get('val_accuracy', 0):.4f} "
                                         f"{m['epoch_seconds']:.1f}s", flush=True))

@@ -125,6 +125,19 @@ def data_options(fn: Callable) -> Callable:
     return fn
 
 
+zero_init_option = click.option(
+    "--zero-init-residual",
+    "--zero_init_residual",
+    "zero_init_residual",
+    type=click.BOOL,
+    default=False,
+    is_flag=False,
+    flag_value=True,
+    show_default=True,
+    help="ResNets: start every residual block as the identity (last BN weight zeroed)",
+)
+
+
 def train_options(
     epochs_default: float, lr_default: float, schedule_default: str = "onecycle", ema_default: float = 0.0
 ) -> Callable:
@@ -200,6 +213,17 @@ def train_options(
                 default="",
                 help="progressive resizing, e.g. '16:0.4,24:0.3' (size px: fraction of training)",
             ),
+            click.option(
+                "--bn-weight-decay",
+                "--bn_weight_decay",
+                "bn_weight_decay",
+                type=click.BOOL,
+                default=True,
+                is_flag=False,
+                flag_value=True,
+                show_default=True,
+                help="weight decay on BatchNorm and bias parameters too; false exempts them",
+            ),
         ]
         for option in reversed(options):
             fn = option(fn)
@@ -238,15 +262,18 @@ def cli() -> None:
     default="",
     help="continue that run's last checkpoint",
 )
-@train_options(epochs_default=30, lr_default=0.2, ema_default=0.999)
+@train_options(epochs_default=30, lr_default=0.2, ema_default=0.0)
+@zero_init_option
 @data_options
 @handle_errors
 def train(arch: str, resume_run_id: str, **kw) -> None:
     """Train a CIFAR model and log it as an MLflow run (stage=train)."""
     from .jobs import train as train_job
-    from .models import build_model
+    from .models import build_model, zero_init_residual
 
-    build_model(arch)  # unknown arch: fail before any data is read
+    model = build_model(arch)  # unknown arch: fail before any data is read
+    if kw["zero_init_residual"]:
+        zero_init_residual(model)
     data, run, config = _configs(kw)
     _print_run("train", train_job(arch, data, config, run, resume_run_id or None))
 
@@ -547,6 +574,7 @@ def report(out_dir: str, **kw) -> None:
               help="register the front's models; --register [true|false]")
 @click.option("--registered-name", "--registered_name", "registered_name", default="")
 @train_options(epochs_default=4, lr_default=0.2, ema_default=0.99)
+@zero_init_option
 @data_options
 @handle_errors
 def main_pipeline(arch: str, methods: str, ratios: str, finetune_epochs: float, finetune_lr: float,

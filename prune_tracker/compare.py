@@ -601,6 +601,12 @@ def run_compare(
     candidates, missing = query_runs(
         experiment_names, dataset, arch, method, stage, filter_string, metric, footprint
     )
+    datasets = sorted({p.dataset for p in candidates})
+    if len(datasets) > 1:
+        raise ValueError(
+            f"the runs found hold {len(datasets)} datasets ({', '.join(datasets)}); accuracies on different "
+            "datasets share no front: choose one with dataset=<name>"
+        )
     front = pareto_front(candidates)
     result = CompareResult(
         candidates=candidates,

@@ -40,6 +40,11 @@ class TrainConfig:
     # the next 30% 24 px, the rest full size. Convolutions cost ~(size/32)^2, so a 2-core CPU fits
     # more epochs in the same time; the full-size phase at the end re-adapts to the test resolution.
     resize_schedule: str = ""
+    # False: no weight decay on BatchNorm weights/biases and other 1-D parameters (Goyal et al. 2017).
+    bn_weight_decay: bool = True
+    # Zero the last BatchNorm gamma of every residual block, so each block starts as the identity
+    # (Goyal et al. 2017; torchvision's `zero_init_residual`). Applied by the train job to a fresh model.
+    zero_init_residual: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -115,6 +120,17 @@ def warmup_ema(decay: float):
                 avg.copy_(cur)
 
     return average
+
+
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.bn_weight_decay:
+        return [{"params": params}]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1]},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
 
 
 def seed_everything(seed: int) -> None:
@@ -193,9 +209,8 @@ class Trainer:
         )
         self.steps_per_epoch = max(1, len(self.loader))
         self.total_steps = max(1, math.ceil(config.epochs * self.steps_per_epoch))
-        params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
-            params,
+            _param_groups(self.model, config),
             lr=config.lr,
             momentum=config.momentum,
             nesterov=config.nesterov and config.momentum > 0,

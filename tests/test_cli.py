@@ -54,6 +54,8 @@ def trained_uri():
     (["evaluate", "--model-uri", "models:/no-such-model@champion"], "not found"),
     (["compare", "--experiment-names", "no-such-experiment"], "no-such-experiment"),
     (["compare", "--budget", "12 parsecs"], "12 parsecs"),
+    (["train", "--arch", "vgg11_bn", "--zero-init-residual"], "zero_init_residual applies to ResNets"),
+    (["train", "--bn-weight-decay", "maybe"], "'maybe' is not a valid boolean"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_running_run(args, message):
     result = CliRunner().invoke(cli, args)

@@ -344,3 +344,15 @@ def test_compare_through_real_server(mlflow_server: str, monkeypatch, tmp_path: 
         assert csv_text.count("\n") == 6
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def test_runs_of_two_datasets_need_a_dataset_filter(local_lab: tuple[MlflowClient, dict[str, str]]) -> None:
+    client, _ = local_lab
+    exp_id = client.create_experiment("two-datasets")
+    log_fake_run(client, exp_id, stage="train", dataset="cifar10", accuracy=0.92)
+    log_fake_run(client, exp_id, stage="train", dataset="cifar100", accuracy=0.68)
+    with pytest.raises(ValueError, match=r"2 datasets \(cifar10, cifar100\).*dataset=<name>"):
+        compare.run_compare(["two-datasets"])
+    assert not client.search_runs([exp_id], "tags.stage = 'compare'"), "nothing logged for a refused query"
+    result = compare.run_compare(["two-datasets"], dataset="cifar100", log_run=False)
+    assert [p.accuracy for p in result.front] == [0.68]

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from conftest import QUICK_TRAIN, SYNTHETIC_DATA
 from mlflow.tracking import MlflowClient
-from test_entrypoints import assert_ok, mlflow_run
+from test_entrypoints import assert_ok, mlflow_run, submit_runs
 
 from prune_tracker.compare import run_compare
 
@@ -22,10 +22,10 @@ def test_prune_over_http_then_compare_and_register(mlflow_server, monkeypatch):
         client = MlflowClient(mlflow_server)
         experiment = client.get_experiment_by_name("server").experiment_id
         base = client.search_runs([experiment])[0]
-        for method, ratio in (("global_l1", "0.5"), ("li_filters", "0.5")):
-            assert_ok(mlflow_run("prune", {**SYNTHETIC_DATA, "model_uri": f"runs:/{base.info.run_id}/model",
-                                           "method": method, "ratio": ratio, "device": "cpu"},
-                                 experiment="server", tracking_uri=mlflow_server))
+        pruned = submit_runs([("prune", {**SYNTHETIC_DATA, "model_uri": f"runs:/{base.info.run_id}/model",
+                                         "method": method, "ratio": "0.5", "device": "cpu"})
+                              for method in ("global_l1", "li_filters")], experiment="server")
+        assert [run.info.status for run in pruned] == ["FINISHED", "FINISHED"]
         artifact_uri = client.search_runs([experiment], "tags.stage = 'prune'")[0].info.artifact_uri
         assert artifact_uri.startswith("mlflow-artifacts:"), artifact_uri
         result = run_compare(["server"], dataset="synthetic", register=True, registered_name="server-model")

@@ -44,3 +44,24 @@ def test_schedule_and_bad_config():
         TrainConfig(schedule="linear").validate()
     with pytest.raises(ValueError, match="lr=nan"):
         TrainConfig(lr=float("nan")).validate()
+
+
+def test_bn_weight_decay_false_exempts_batchnorm_and_biases(splits):
+    trainer = _trainer(splits, epochs=1, bn_weight_decay=False)
+    decayed, exempt = trainer.optimizer.param_groups
+    model = trainer.model
+    assert decayed["weight_decay"] == 5e-4 and exempt["weight_decay"] == 0.0
+    assert {id(p) for p in exempt["params"]} == {id(model.bn1.weight), id(model.bn1.bias), id(model.fc.bias),
+                                                 *(id(p) for n, p in model.named_parameters() if ".bn" in n)}
+    assert all(p.ndim == 4 or p is model.fc.weight for p in decayed["params"])
+    bn_before, conv_before = model.bn1.weight.detach().clone(), model.conv1.weight.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()  # zero gradients: only weight decay can move a parameter
+    assert torch.equal(model.bn1.weight, bn_before)
+    assert not torch.equal(model.conv1.weight, conv_before)
+
+
+def test_default_trainer_decays_every_parameter(splits):
+    (group,) = _trainer(splits, epochs=1).optimizer.param_groups
+    assert group["weight_decay"] == 5e-4 and len(group["params"]) == len(list(build_model("resnet20").parameters()))

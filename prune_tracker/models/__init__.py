@@ -39,6 +39,20 @@ def build_model(arch: str, num_classes: int = 10) -> nn.Module:
     return MODEL_BUILDERS[arch](num_classes)
 
 
+def zero_init_residual(model: nn.Module) -> int:
+    """Zero the last BatchNorm weight of every residual basic block (torchvision's `zero_init_residual`),
+    so each block starts as the identity; returns how many blocks it changed. Raises for a model without
+    residual blocks (VGG)."""
+    blocks = [
+        m for m in model.modules() if hasattr(m, "shortcut") and isinstance(getattr(m, "bn2", None), nn.BatchNorm2d)
+    ]
+    if not blocks:
+        raise ValueError(f"zero_init_residual applies to ResNets; {type(model).__name__} has no residual blocks")
+    for block in blocks:
+        nn.init.zeros_(block.bn2.weight)
+    return len(blocks)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
