@@ -138,6 +138,15 @@ zero_init_option = click.option(
 )
 
 
+def _check_arch(arch: str, zero_init: bool) -> None:
+    """Unknown arch, or zero_init_residual on a model without residual blocks: fail before any data is read."""
+    from .models import build_model, zero_init_residual
+
+    model = build_model(arch)
+    if zero_init:
+        zero_init_residual(model)
+
+
 def train_options(
     epochs_default: float, lr_default: float, schedule_default: str = "onecycle", ema_default: float = 0.0
 ) -> Callable:
@@ -269,11 +278,8 @@ def cli() -> None:
 def train(arch: str, resume_run_id: str, **kw) -> None:
     """Train a CIFAR model and log it as an MLflow run (stage=train)."""
     from .jobs import train as train_job
-    from .models import build_model, zero_init_residual
 
-    model = build_model(arch)  # unknown arch: fail before any data is read
-    if kw["zero_init_residual"]:
-        zero_init_residual(model)
+    _check_arch(arch, kw["zero_init_residual"])
     data, run, config = _configs(kw)
     _print_run("train", train_job(arch, data, config, run, resume_run_id or None))
 
@@ -583,6 +589,7 @@ def main_pipeline(arch: str, methods: str, ratios: str, finetune_epochs: float, 
     register, report — each step a nested run; finished steps are reused on a rerun."""
     from .pipeline import PipelineConfig, run_pipeline
 
+    _check_arch(arch, kw["zero_init_residual"])
     data, run, config = _configs(kw)
     try:
         ratio_values = [float(r) for r in _split_list(ratios)]

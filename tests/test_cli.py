@@ -55,6 +55,8 @@ def trained_uri():
     (["compare", "--experiment-names", "no-such-experiment"], "no-such-experiment"),
     (["compare", "--budget", "12 parsecs"], "12 parsecs"),
     (["train", "--arch", "vgg11_bn", "--zero-init-residual"], "zero_init_residual applies to ResNets"),
+    (["main", "--arch", "vgg11_bn", "--zero-init-residual", "true"], "zero_init_residual applies to ResNets"),
+    (["main", "--arch", "resnet21"], "unknown arch 'resnet21'; known: resnet20"),
     (["train", "--bn-weight-decay", "maybe"], "'maybe' is not a valid boolean"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_running_run(args, message):
