@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prune_tracker.data import load_splits  # noqa: E402
-from prune_tracker.models import architecture_spec, build_model, zero_init_residual  # noqa: E402
+from prune_tracker.models import architecture_spec, build_model  # noqa: E402
 from prune_tracker.training import TrainConfig, Trainer, evaluate, fit, resolve_device, seed_everything  # noqa: E402
 
 
@@ -50,9 +50,7 @@ def main() -> None:
                          resize_schedule=args.resize_schedule, bn_weight_decay=args.bn_weight_decay,
                          zero_init_residual=args.zero_init_residual, seed=args.seed)
     seed_everything(args.seed)
-    model = build_model(args.arch, splits.num_classes)
-    if config.zero_init_residual:
-        zero_init_residual(model)
+    model = build_model(args.arch, splits.num_classes, zero_init=config.zero_init_residual)
     trainer = Trainer(model, splits, config, device, progress=False)
     started = time.perf_counter()
     fit(trainer, lambda epoch, m: print(f"epoch {epoch}: loss {m['train_loss']:.3f} val {m.get('val_accuracy', 0):.4f} "

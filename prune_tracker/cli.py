@@ -125,26 +125,26 @@ def data_options(fn: Callable) -> Callable:
     return fn
 
 
-zero_init_option = click.option(
+def bool_option(*names: str, default: bool, help: str) -> Callable:  # noqa: A002 - click's keyword
+    """A boolean option that takes a value (`--name true|false`, as MLflow passes it) or stands alone (true)."""
+    return click.option(*names, type=click.BOOL, default=default, is_flag=False, flag_value=True,
+                        show_default=True, help=help)
+
+
+zero_init_option = bool_option(
     "--zero-init-residual",
     "--zero_init_residual",
     "zero_init_residual",
-    type=click.BOOL,
     default=False,
-    is_flag=False,
-    flag_value=True,
-    show_default=True,
     help="ResNets: start every residual block as the identity (last BN weight zeroed)",
 )
 
 
 def _check_arch(arch: str, zero_init: bool) -> None:
     """Unknown arch, or zero_init_residual on a model without residual blocks: fail before any data is read."""
-    from .models import build_model, zero_init_residual
+    from .models import build_model
 
-    model = build_model(arch)
-    if zero_init:
-        zero_init_residual(model)
+    build_model(arch, zero_init=zero_init)
 
 
 def train_options(
@@ -222,15 +222,11 @@ def train_options(
                 default="",
                 help="progressive resizing, e.g. '16:0.4,24:0.3' (size px: fraction of training)",
             ),
-            click.option(
+            bool_option(
                 "--bn-weight-decay",
                 "--bn_weight_decay",
                 "bn_weight_decay",
-                type=click.BOOL,
                 default=True,
-                is_flag=False,
-                flag_value=True,
-                show_default=True,
                 help="weight decay on BatchNorm and bias parameters too; false exempts them",
             ),
         ]
@@ -526,8 +522,8 @@ def _compare_scope(kw: dict[str, Any]) -> dict[str, Any]:
 
 @cli.command()
 @compare_filter_options
-@click.option("--register", type=click.BOOL, default=False, is_flag=False, flag_value=True, show_default=True,
-              help="register the front's models (or the budget winner as champion); --register [true|false]")
+@bool_option("--register", default=False,
+             help="register the front's models (or the budget winner as champion); --register [true|false]")
 @click.option("--registered-name", "--registered_name", "registered_name", default="",
               help="registry name (default prune-tracker-<dataset>-<arch>)")
 @handle_errors
@@ -576,8 +572,7 @@ def report(out_dir: str, **kw) -> None:
               show_default=True)
 @click.option("--footprint", default="footprint_best_bytes", show_default=True)
 @click.option("--budget", default="", help="footprint budget for the champion, e.g. 200KB")
-@click.option("--register", type=click.BOOL, default=True, is_flag=False, flag_value=True, show_default=True,
-              help="register the front's models; --register [true|false]")
+@bool_option("--register", default=True, help="register the front's models; --register [true|false]")
 @click.option("--registered-name", "--registered_name", "registered_name", default="")
 @train_options(epochs_default=4, lr_default=0.2, ema_default=0.99)
 @zero_init_option

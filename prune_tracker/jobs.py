@@ -25,7 +25,7 @@ from torch.nn.utils import prune as torch_prune
 from . import tracking
 from .data import BatchLoader, DataSplits, load_splits
 from .footprint import footprint_figure, measure_footprint
-from .models import build_from_spec, build_model, zero_init_residual
+from .models import build_from_spec, build_model
 from .pruning import (
     PruneContext,
     get_method,
@@ -133,9 +133,7 @@ def train(
     device = resolve_device(run.device)
     splits = data.load()
     seed_everything(config.seed)
-    model = build_model(arch, splits.num_classes)
-    if config.zero_init_residual:
-        zero_init_residual(model)
+    model = build_model(arch, splits.num_classes, zero_init=config.zero_init_residual)
     checkpoint = tracking.load_checkpoint(resume_run_id) if resume_run_id else None
     if resume_run_id and checkpoint is None:
         raise ValueError(

@@ -33,10 +33,14 @@ def known_archs() -> list[str]:
     return list(MODEL_BUILDERS)
 
 
-def build_model(arch: str, num_classes: int = 10) -> nn.Module:
+def build_model(arch: str, num_classes: int = 10, zero_init: bool = False) -> nn.Module:
+    """A fresh model; `zero_init` applies `zero_init_residual` (raises for a model without residual blocks)."""
     if arch not in MODEL_BUILDERS:
         raise UnknownArchError(f"unknown arch {arch!r}; known: {', '.join(MODEL_BUILDERS)}")
-    return MODEL_BUILDERS[arch](num_classes)
+    model = MODEL_BUILDERS[arch](num_classes)
+    if zero_init:
+        zero_init_residual(model)
+    return model
 
 
 def zero_init_residual(model: nn.Module) -> int:
