@@ -637,7 +637,7 @@ def run_compare(
         }
         result.run_id = _log_compare_run(result, log_experiment or experiment_names[0], options)
     if register and front:
-        from prune_tracker.registry import register_front
+        from prune_tracker.tracking.registry import register_front
 
         champion = result.best_under_budget or result.smallest_above_floor
         result.registration = register_front(front, registered_name, champion.run_id if champion else None)

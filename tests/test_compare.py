@@ -22,7 +22,8 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow_server import mlflow_server as _server_fixture  # noqa: E402, F401 (fixture 'mlflow_server')
 from torch import nn  # noqa: E402
 
-from prune_tracker import compare, registry  # noqa: E402
+from prune_tracker import compare  # noqa: E402
+from prune_tracker.tracking import registry  # noqa: E402
 from prune_tracker.compare import RunPoint  # noqa: E402
 
 # ----------------------------------------------------------------------------------------- helpers

@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from .models import architecture_spec, build_from_spec, build_model
+from ..models import architecture_spec, build_from_spec, build_model
 
 # Artifact downloads while loading a model would otherwise draw progress bars into command output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
