@@ -1,4 +1,4 @@
-"""Time compare.query_runs + pareto_front over N runs (default 5,000) in a fresh SQLite store.
+"""Time query_runs + pareto_front over N runs (default 5,000) in a fresh SQLite store.
 
 Run creation (MlflowClient.create_run + log_batch + set_terminated; not timed) is the slow part: the store
 goes to /dev/shm when it exists. Goal: query + front < 5 s for 5,000 runs.
@@ -25,17 +25,15 @@ from mlflow.entities import Metric, Param  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prune_tracker import compare  # noqa: E402
+from prune_tracker.footprint import FORMATS  # noqa: E402
+from prune_tracker.frontier import pareto_front  # noqa: E402
+from prune_tracker.tracking.queries import RunQuery, query_runs  # noqa: E402
 
 EXPERIMENT = "bench"
 METHODS = ("l1", "random", "taylor", "gmp", "thinet")
 RATIOS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
-FOOTPRINTS = (
-    "footprint_fp32_bytes",
-    "footprint_fp16_bytes",
-    "footprint_csr_fp32_bytes",
-    "footprint_csr_fp16_bytes",
-    "footprint_bitmask_fp16_bytes",
-)
+FOOTPRINTS = tuple(f.metric for f in FORMATS.values() if not f.is_choice)  # "best" formats: their minimum
+CHOICES = tuple(f.metric for f in FORMATS.values() if f.is_choice)
 
 
 def run_metrics(rng: random.Random, ratio: float, params: float, acc: float) -> dict[str, float]:
@@ -56,7 +54,7 @@ def run_metrics(rng: random.Random, ratio: float, params: float, acc: float) -> 
     }
     for i, name in enumerate(FOOTPRINTS):
         m[name] = nonzero * (4 - 0.4 * i) + rng.random() * 100
-    m["footprint_best_bytes"] = min(m[n] for n in FOOTPRINTS)
+    m |= {name: min(m[n] for n in FOOTPRINTS) for name in CHOICES}
     m["total_fp16_best_bytes"] = m["footprint_best_bytes"] + 1.3e5
     return m
 
@@ -134,12 +132,12 @@ def main() -> None:
         print(f"created {args.runs} runs in {time.perf_counter() - start:.1f} s (not counted) under {root}")
 
     def query_and_front() -> tuple[int, int, int]:
-        points, missing = compare.query_runs([EXPERIMENT])
-        return len(points), len(compare.pareto_front(points)), len(missing)
+        points, missing = query_runs(RunQuery([EXPERIMENT]))
+        return len(points), len(pareto_front(points)), len(missing)
 
     def filtered() -> tuple[int, int, int]:  # candidates without their train parents: roots fetched by id
-        points, missing = compare.query_runs([EXPERIMENT], dataset="cifar10", stage="finetune")
-        return len(points), len(compare.pareto_front(points)), len(missing)
+        points, missing = query_runs(RunQuery([EXPERIMENT], dataset="cifar10", stage="finetune"))
+        return len(points), len(pareto_front(points)), len(missing)
 
     for label, fn in (
         ("query_runs + pareto_front (all)", query_and_front),
@@ -151,7 +149,7 @@ def main() -> None:
             f"{label}: {seconds:.2f} s median of {args.repeat} [{status}] runs={n} front={n_front} "
             f"missing={n_missing}"
         )
-    seconds, _ = timed(lambda: compare.run_compare([EXPERIMENT], budget="100KB"), 1)
+    seconds, _ = timed(lambda: compare.run_compare([EXPERIMENT], dataset="cifar10", budget="100KB"), 1)
     print(f"run_compare (query, front, table, figure, logging a compare run): {seconds:.2f} s")
 
 

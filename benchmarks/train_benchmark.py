@@ -53,7 +53,8 @@ def main() -> None:
     model = build_model(args.arch, splits.num_classes, zero_init=config.zero_init_residual)
     trainer = Trainer(model, splits, config, device, progress=False)
     started = time.perf_counter()
-    fit(trainer, lambda epoch, m: print(f"epoch {epoch}: loss {m['train_loss']:.3f} val {m.get('val_accuracy', 0):.4f} "
+    fit(trainer, lambda epoch, m: print(f"epoch {epoch}: loss {m['train_loss']:.3f} "
+                                      f"val {m.get('epoch_val_accuracy', 0):.4f} "
                                         f"{m['epoch_seconds']:.1f}s", flush=True))
     seconds = time.perf_counter() - started
     model = trainer.eval_model

@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from .data import DATASETS
+from .data import AUTO, DATASETS
+from .quant import PRECISIONS, QAT_CHOICES, validate_precisions
 from .training import SCHEDULES, TrainConfig
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -62,15 +63,14 @@ def handle_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from mlflow.exceptions import MlflowException
-
-        from .tracking import fail_launched_run
+        from .pipeline import PipelineError
+        from .tracking import TrackingError, fail_launched_run
 
         try:
             return fn(*args, **kwargs)
-        except (ValueError, MlflowException, FileNotFoundError) as err:
+        except (ValueError, TrackingError, FileNotFoundError, PipelineError) as err:
             fail_launched_run()
-            message = err.message if isinstance(err, MlflowException) else str(err)
+            message = err.message if isinstance(err, TrackingError) else str(err)
             click.echo(
                 f"Error: {message.strip().splitlines()[0] if message.strip() else type(err).__name__}",
                 err=True,
@@ -80,49 +80,74 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def data_options(fn: Callable) -> Callable:
-    options = [
-        click.option("--dataset", type=click.Choice(DATASETS), default="cifar10", show_default=True),
-        click.option(
-            "--data-dir",
-            "--data_dir",
-            "data_dir",
-            default="",
-            help="torchvision CIFAR root, ImageFolder tree or .tar/.tar.gz of one (no download)",
-        ),
-        click.option(
-            "--train-subset",
-            "--train_subset",
-            "train_subset",
-            type=click.IntRange(min=0),
-            default=0,
-            show_default=True,
-            help="class-balanced training subset size; 0 = all",
-        ),
-        click.option(
-            "--val-size",
-            "--val_size",
-            "val_size",
-            type=click.IntRange(min=0),
-            default=5000,
-            show_default=True,
-            help="validation images carved from the training set",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
-        click.option(
-            "--experiment-name",
-            "--experiment_name",
-            "experiment_name",
-            default="prune-tracker",
-            show_default=True,
-        ),
-        click.option("--run-name", "--run_name", "run_name", default=None),
-        click.option("--progress/--no-progress", default=True, help="tqdm progress bars"),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+class EmptyIsNone(click.ParamType):
+    """Another type, or None for an empty value (the MLproject passes "" for "take the parent run's")."""
+
+    def __init__(self, inner: click.ParamType):
+        self.inner, self.name = inner, inner.name
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        return None if value in (None, "") else self.inner.convert(value, param, ctx)
+
+
+class ValSize(click.ParamType):
+    """`auto` or a non-negative integer."""
+
+    name = "auto|int"
+
+    def convert(self, value: Any, param, ctx) -> int | str | None:
+        if value in (None, ""):
+            return None
+        if str(value).strip().lower() == AUTO:
+            return AUTO
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not allowed; expected {AUTO!r} or an integer >= 0", param, ctx)
+        if number < 0:
+            self.fail(f"{value!r} is not allowed; expected {AUTO!r} or an integer >= 0", param, ctx)
+        return number
+
+
+def data_options(inherit: bool = False, train_subset_default: int = 0, val_size_default: int | str = AUTO
+                 ) -> Callable:
+    """Data and run options. With `inherit` (commands that load a model), the split options default to the
+    parent run's values (None here) and `--new-split` allows a different split explicitly."""
+    split_default = (lambda value: None) if inherit else (lambda value: value)
+    parent_note = " (default: the parent run's)" if inherit else ""
+
+    def decorate(fn: Callable) -> Callable:
+        options = [
+            click.option("--dataset", type=EmptyIsNone(click.Choice(DATASETS)), default=split_default("cifar10"),
+                         show_default=not inherit, help=f"dataset{parent_note}"),
+            click.option("--data-dir", "--data_dir", "data_dir", default="",
+                         help="torchvision CIFAR root, ImageFolder tree or .tar/.tar.gz of one (no download)"),
+            click.option("--train-subset", "--train_subset", "train_subset", type=EmptyIsNone(click.IntRange(min=0)),
+                         default=split_default(train_subset_default), show_default=not inherit,
+                         help=f"class-balanced training subset size; 0 = all{parent_note}"),
+            click.option("--val-size", "--val_size", "val_size", type=ValSize(),
+                         default=split_default(val_size_default), show_default=not inherit,
+                         help=f"validation images carved from the training set; auto = 5,000 for CIFAR, "
+                              f"10% of a smaller set{parent_note}"),
+            click.option("--seed", type=EmptyIsNone(click.IntRange(min=0)), default=split_default(0),
+                         show_default=not inherit,
+                         help=f"data split and training seed{parent_note}"),
+            click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+            click.option("--experiment-name", "--experiment_name", "experiment_name", default="prune-tracker",
+                         show_default=True),
+            click.option("--run-name", "--run_name", "run_name", default=None),
+            click.option("--progress/--no-progress", default=True, help="tqdm progress bars"),
+            click.option("--precisions", default=",".join(PRECISIONS), show_default=True,
+                         help="deployment precisions measured on every model (fp16, int8, int4; '' = none)"),
+        ]
+        if inherit:
+            options.insert(5, bool_option("--new-split", "--new_split", "new_split", default=False,
+                                          help="allow split options that differ from the parent run's"))
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def bool_option(*names: str, default: bool, help: str) -> Callable:  # noqa: A002 - click's keyword
@@ -147,113 +172,93 @@ def _check_arch(arch: str, zero_init: bool) -> None:
     build_model(arch, zero_init=zero_init)
 
 
+def option(name: str, **kwargs: Any) -> Callable:
+    """A click option spelled `--a-b` and `--a_b` (MLflow passes the underscore form), stored as `a_b`."""
+    spellings = dict.fromkeys((f"--{name.replace('_', '-')}", f"--{name}"))
+    kwargs.setdefault("show_default", "default" in kwargs)
+    return click.option(*spellings, name, **kwargs)
+
+
+FRACTION = FiniteFloat(low=0, high=1, high_open=True)
+
+
 def train_options(
-    epochs_default: float, lr_default: float, schedule_default: str = "onecycle", ema_default: float = 0.0
+    epochs_default: float | None, lr_default: float, schedule_default: str = "onecycle", ema_default: float = 0.0,
+    resize_default: str = "",
 ) -> Callable:
+    """Training recipe options; `epochs_default=None` leaves out `--epochs` (prune names its budget
+    `--finetune-epochs`)."""
+
     def decorate(fn: Callable) -> Callable:
         options = [
-            click.option("--epochs", type=FiniteFloat(low=0), default=epochs_default, show_default=True),
-            click.option(
-                "--batch-size",
-                "--batch_size",
-                "batch_size",
-                type=click.IntRange(min=1),
-                default=128,
-                show_default=True,
-            ),
-            click.option(
-                "--lr",
-                type=FiniteFloat(low=0),
-                default=lr_default,
-                show_default=True,
-                help="peak learning rate",
-            ),
-            click.option(
-                "--weight-decay",
-                "--weight_decay",
-                "weight_decay",
-                type=FiniteFloat(low=0),
-                default=5e-4,
-                show_default=True,
-            ),
-            click.option(
-                "--momentum", type=FiniteFloat(low=0, high=1, high_open=True), default=0.9, show_default=True
-            ),
-            click.option(
-                "--schedule", type=click.Choice(SCHEDULES), default=schedule_default, show_default=True
-            ),
-            click.option(
-                "--warmup-fraction",
-                "--warmup_fraction",
-                "warmup_fraction",
-                type=FiniteFloat(low=0, high=1, high_open=True),
-                default=0.25,
-                show_default=True,
-            ),
-            click.option(
-                "--label-smoothing",
-                "--label_smoothing",
-                "label_smoothing",
-                type=FiniteFloat(low=0, high=1, high_open=True),
-                default=0.1,
-                show_default=True,
-            ),
-            click.option(
-                "--ema-decay",
-                "--ema_decay",
-                "ema_decay",
-                type=FiniteFloat(low=0, high=1, high_open=True),
-                default=ema_default,
-                show_default=True,
-                help="EMA of weights; 0 = off",
-            ),
-            click.option(
-                "--tta-flip/--no-tta-flip",
-                "--tta_flip/--no_tta_flip",
-                "tta_flip",
-                default=True,
-                show_default=True,
-                help="average logits with the mirrored image at evaluation",
-            ),
-            click.option(
-                "--resize-schedule",
-                "--resize_schedule",
-                "resize_schedule",
-                default="",
-                help="progressive resizing, e.g. '16:0.4,24:0.3' (size px: fraction of training)",
-            ),
-            bool_option(
-                "--bn-weight-decay",
-                "--bn_weight_decay",
-                "bn_weight_decay",
-                default=True,
-                help="weight decay on BatchNorm and bias parameters too; false exempts them",
-            ),
+            *([option("epochs", type=FiniteFloat(low=0), default=epochs_default)] if epochs_default is not None
+              else []),
+            option("batch_size", type=click.IntRange(min=1), default=128),
+            option("lr", type=FiniteFloat(low=0), default=lr_default, help="peak learning rate"),
+            option("weight_decay", type=FiniteFloat(low=0), default=5e-4),
+            option("momentum", type=FRACTION, default=0.9),
+            option("schedule", type=click.Choice(SCHEDULES), default=schedule_default),
+            option("warmup_fraction", type=FRACTION, default=0.25),
+            option("label_smoothing", type=FRACTION, default=0.1),
+            option("ema_decay", type=FRACTION, default=ema_default, help="EMA of weights; 0 = off"),
+            click.option("--tta-flip/--no-tta-flip", "--tta_flip/--no_tta_flip", "tta_flip", default=True,
+                         show_default=True, help="average logits with the mirrored image at evaluation"),
+            option("resize_schedule", default=resize_default,
+                   help="progressive resizing, e.g. '16:0.4,24:0.3' (size px: fraction of training)"),
+            bool_option("--bn-weight-decay", "--bn_weight_decay", "bn_weight_decay", default=True,
+                        help="weight decay on BatchNorm and bias parameters too; false exempts them"),
         ]
-        for option in reversed(options):
-            fn = option(fn)
+        for one in reversed(options):
+            fn = one(fn)
         return fn
 
     return decorate
 
 
+model_uri_option = option("model_uri", required=True,
+                          help="runs:/<id>/model (or model_int8 / model_int4), models:/<name>@<alias>, a logged model "
+                               "id, or a local .pt file")
+arch_option = option("arch", default="", help="architecture of a plain state_dict file or a model logged elsewhere")
+
+
 def _configs(kw: dict[str, Any]):
     from .jobs import DataOptions, RunOptions
 
-    data = DataOptions(
-        kw.pop("dataset"), kw.pop("data_dir") or None, kw.pop("train_subset"), kw.pop("val_size"), kw["seed"]
-    )
-    run = RunOptions(kw.pop("experiment_name"), kw.pop("device"), kw.pop("progress"), kw.pop("run_name"))
+    data = DataOptions(kw.pop("dataset"), kw.pop("data_dir") or None, kw.pop("train_subset"), kw.pop("val_size"),
+                       kw["seed"], kw.pop("new_split", False))
+    run = RunOptions(kw.pop("experiment_name"), kw.pop("device"), kw.pop("progress"), kw.pop("run_name"),
+                     precisions=validate_precisions(_split_list(kw.pop("precisions"))))
     config_fields = set(TrainConfig.__dataclass_fields__)
+    if kw.get("seed") is None:
+        kw.pop("seed")  # the parent run's seed, resolved by the job
     config = TrainConfig(**{k: kw.pop(k) for k in list(kw) if k in config_fields})
     return data, run, config
 
 
 def _print_run(stage: str, run_id: str) -> None:
+    from .tracking import ui_hint
+
     click.echo(f"{stage} run {run_id} finished")
+    click.echo(ui_hint(run_id))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrors(click.Group):
+    """Click's own errors (bad option value, missing option) as one line and exit 2, like every other error,
+    instead of a usage block."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as err:
+            click.echo(f"Error: {err.format_message()}", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """MLflow-tracked pruning of CIFAR CNNs: train, prune, fine-tune, evaluate, compare."""
 
@@ -269,7 +274,7 @@ def cli() -> None:
 )
 @train_options(epochs_default=30, lr_default=0.2, ema_default=0.0)
 @zero_init_option
-@data_options
+@data_options()
 @handle_errors
 def train(arch: str, resume_run_id: str, **kw) -> None:
     """Train a CIFAR model and log it as an MLflow run (stage=train)."""
@@ -281,21 +286,13 @@ def train(arch: str, resume_run_id: str, **kw) -> None:
 
 
 @cli.command()
-@click.option(
-    "--model-uri",
-    "--model_uri",
-    "model_uri",
-    required=True,
-    help="runs:/<id>/model, models:/<name>@<alias>, a logged model id, or a local .pt file",
-)
-@click.option("--arch", default="", help="architecture of a plain state_dict file")
+@model_uri_option
+@arch_option
 @click.option(
     "--tta-flip/--no-tta-flip", "--tta_flip/--no_tta_flip", "tta_flip", default=True, show_default=True
 )
-@click.option(
-    "--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=500, show_default=True
-)
-@data_options
+@option("batch_size", type=click.IntRange(min=1), default=500)
+@data_options(inherit=True)
 @handle_errors
 def evaluate(model_uri: str, arch: str, tta_flip: bool, batch_size: int, **kw) -> None:
     """Evaluate a model: top-1/top-5, loss, per-class accuracy, confusion matrix, CPU latency."""
@@ -323,14 +320,8 @@ def _parse_extra_options(args: list[str]) -> dict[str, str]:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option(
-    "--model-uri",
-    "--model_uri",
-    "model_uri",
-    required=True,
-    help="runs:/<id>/model, models:/<name>@<alias>, a logged model id, or a local .pt file",
-)
-@click.option("--method", required=True, help="see `prune-tracker methods`")
+@model_uri_option
+@click.option("--method", default="global_l1", show_default=True, help="see `prune-tracker methods`")
 @click.option(
     "--ratio",
     type=FiniteFloat(low=0, high=1, high_open=True),
@@ -363,8 +354,11 @@ def _parse_extra_options(args: list[str]) -> dict[str, str]:
     help="footprint metric that --target-bytes applies to",
 )
 @click.option("--option", "option_pairs", multiple=True, help="method option name=value (repeatable)")
-@train_options(epochs_default=0, lr_default=0.01, schedule_default="cosine")
-@data_options
+@click.option("--qat", type=click.Choice(QAT_CHOICES), default="none", show_default=True,
+              help="quantisation-aware fine-tuning at this precision (fake-quantised weights, straight-through)")
+@arch_option
+@train_options(epochs_default=None, lr_default=0.01, schedule_default="cosine")
+@data_options(inherit=True)
 @click.pass_context
 @handle_errors
 def prune(
@@ -376,6 +370,7 @@ def prune(
     target_bytes: int | None,
     target_metric: str,
     option_pairs: tuple[str, ...],
+    qat: str,
     **kw,
 ) -> None:
     """Prune a logged model with a registered method; extra `--name value` pairs are method options."""
@@ -390,7 +385,7 @@ def prune(
             raise ValueError(f"--option {pair!r} must look like name=value")
         raw[key] = value
     options = get_method(method).resolve_options(raw)
-    kw.pop("epochs")
+    arch = kw.pop("arch") or None
     data, run, config = _configs(kw)
     _print_run(
         "prune",
@@ -406,21 +401,27 @@ def prune(
             target_bytes,
             target_metric,
             config.tta_flip,
+            arch,
+            qat,
         ),
     )
 
 
 @cli.command()
 @click.option("--model-uri", "--model_uri", "model_uri", required=True, help="a pruned run's model URI")
+@arch_option
+@click.option("--qat", type=click.Choice(QAT_CHOICES), default="none", show_default=True,
+              help="quantisation-aware fine-tuning at this precision (fake-quantised weights, straight-through)")
 @train_options(epochs_default=5, lr_default=0.01, schedule_default="cosine")
-@data_options
+@data_options(inherit=True)
 @handle_errors
-def finetune(model_uri: str, **kw) -> None:
+def finetune(model_uri: str, arch: str, qat: str, **kw) -> None:
     """Continue training a pruned model with its masks or architecture kept (stage=finetune)."""
     from .jobs import finetune_model
 
     data, run, config = _configs(kw)
-    _print_run("finetune", finetune_model(model_uri, config.epochs, data, config, run, config.tta_flip))
+    _print_run("finetune", finetune_model(model_uri, config.epochs, data, config, run, config.tta_flip,
+                                          arch or None, qat))
 
 
 @cli.command()
@@ -480,7 +481,7 @@ def run_entrypoint(command: click.Command) -> None:
         command.main(standalone_mode=False)
     except click.ClickException as err:
         fail_launched_run()
-        err.show()
+        click.echo(f"Error: {err.format_message()}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         fail_launched_run()
@@ -500,10 +501,13 @@ def compare_filter_options(fn: Callable) -> Callable:
         click.option("--method", default="", help="only runs of this pruning method"),
         click.option("--stage", default="", help="only runs of this stage (train, prune, finetune)"),
         click.option("--filter", "filter_string", default="", help="a raw MLflow filter string, ANDed"),
-        click.option("--metric", default="test_accuracy", show_default=True, help="accuracy metric"),
+        click.option("--metric", default="val_accuracy", show_default=True,
+                     help="accuracy metric the front and the answers rank on (test accuracy is shown beside it)"),
         click.option("--footprint", default="footprint_best_bytes", show_default=True,
                      help="footprint metric on the x axis"),
         click.option("--budget", default="", help="best accuracy within this footprint, e.g. 200KB"),
+        click.option("--precisions", default="",
+                     help="points per precision: fp16, int8, int4, w8a8 (comma list; default: every one found)"),
         click.option("--min-accuracy", "--min_accuracy", "min_accuracy",
                      type=FiniteFloat(low=0, high=1, optional=True), default=None,
                      help="smallest footprint above this accuracy"),
@@ -563,20 +567,20 @@ def report(out_dir: str, **kw) -> None:
 
 @cli.command(name="main")
 @click.option("--arch", default="resnet20", show_default=True)
-@click.option("--methods", default="global_l1,lamp,li_filters", show_default=True,
-              help="comma-separated pruning methods")
-@click.option("--ratios", default="0.5,0.7,0.9", show_default=True, help="comma-separated pruning ratios")
+@click.option("--methods", default="lamp,global_l1", show_default=True, help="comma-separated pruning methods")
+@click.option("--ratios", default="0.9", show_default=True, help="comma-separated pruning ratios")
 @click.option("--finetune-epochs", "--finetune_epochs", "finetune_epochs", type=FiniteFloat(low=0), default=1.0,
               show_default=True)
 @click.option("--finetune-lr", "--finetune_lr", "finetune_lr", type=FiniteFloat(low=0), default=0.01,
               show_default=True)
 @click.option("--footprint", default="footprint_best_bytes", show_default=True)
-@click.option("--budget", default="", help="footprint budget for the champion, e.g. 200KB")
+@click.option("--budget", default="1/8", show_default=True,
+              help="footprint budget for the champion: bytes (200KB) or a fraction of the base's fp32 bytes (1/8)")
 @bool_option("--register", default=True, help="register the front's models; --register [true|false]")
 @click.option("--registered-name", "--registered_name", "registered_name", default="")
-@train_options(epochs_default=4, lr_default=0.2, ema_default=0.99)
+@train_options(epochs_default=5, lr_default=0.2, ema_default=0.0, resize_default="16:0.5,24:0.3")
 @zero_init_option
-@data_options
+@data_options(train_subset_default=0, val_size_default=2000)
 @handle_errors
 def main_pipeline(arch: str, methods: str, ratios: str, finetune_epochs: float, finetune_lr: float,
                   footprint: str, budget: str, register: bool, registered_name: str, **kw) -> None:
@@ -594,7 +598,7 @@ def main_pipeline(arch: str, methods: str, ratios: str, finetune_epochs: float, 
                               finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, tta_flip=config.tta_flip,
                               footprint=footprint, budget=budget or None, register=register,
                               registered_name=registered_name or None, experiment_name=run.experiment_name,
-                              device=run.device, progress=run.progress)
+                              device=run.device, progress=run.progress, precisions=run.precisions)
     result = run_pipeline(pipeline)
     click.echo(f"pipeline run {result.run_id} finished: {len(result.steps)} steps "
                f"({len(result.reused)} reused)")

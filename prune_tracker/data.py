@@ -32,6 +32,8 @@ NORMALIZATION = {
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 4000, 1000
+AUTO = "auto"  # val_size: 5,000 images from a CIFAR-sized training set, else 10% of it (see resolve_val_size)
+CIFAR_VAL_SIZE, CIFAR_TRAIN_SIZE = 5000, 50_000
 
 
 class DataError(ValueError):
@@ -239,6 +241,23 @@ def _class_quota(labels: torch.Tensor, total: int) -> dict[int, int]:
     return {cls: base + (1 if i < extra else 0) for i, cls in enumerate(classes)}
 
 
+def resolve_val_size(val_size: int | str, dataset: str, n_train: int) -> int:
+    """The validation size for a training set of `n_train` images (before `train_subset`, which is taken
+    from what the validation split leaves). `"auto"`: 5,000 when the set has the full 50,000 CIFAR
+    training images, else 10% of it (e.g. 400 of synthetic's 4,000). An explicit integer (or a string of
+    one, as the CLI passes) wins and must be in [0, n_train - 1]; anything else is a one-line DataError."""
+    if val_size == AUTO:
+        return CIFAR_VAL_SIZE if n_train >= CIFAR_TRAIN_SIZE else n_train // 10
+    text = str(val_size).strip()
+    integer = isinstance(val_size, (int, str)) and not isinstance(val_size, bool) and text.isdigit()
+    if integer and int(text) < n_train:
+        return int(text)
+    raise DataError(
+        f"val_size={val_size!r} must be {AUTO!r} or an integer in [0, {n_train - 1}] "
+        f"for {dataset}'s {n_train} training images"
+    )
+
+
 def split_train_val(
     train: ImageSet, val_size: int, train_subset: int, seed: int
 ) -> tuple[ImageSet, ImageSet]:
@@ -267,12 +286,13 @@ def load_splits(
     dataset: str,
     data_dir: str | None = None,
     train_subset: int = 0,
-    val_size: int = 5000,
+    val_size: int | str = AUTO,
     seed: int = 0,
     num_classes: int | None = None,
 ) -> DataSplits:
-    """Load a dataset as uint8 tensors with train / val / test splits. `num_classes` sets the class
-    count of `synthetic` (default 10)."""
+    """Load a dataset as uint8 tensors with train / val / test splits. `val_size`: see
+    `resolve_val_size` ("auto": 5,000 for CIFAR, 10% of a smaller training set). `num_classes` sets the
+    class count of `synthetic` (default 10)."""
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
     if dataset == "synthetic":
@@ -288,7 +308,8 @@ def load_splits(
         raise DataError(
             f"{source} has {len(classes)} classes, but {dataset} has {NUM_CLASSES[dataset]}; check data_dir"
         )
-    train, val = split_train_val(full_train, val_size, train_subset, seed)
+    val_count = resolve_val_size(val_size, dataset, len(full_train))
+    train, val = split_train_val(full_train, val_count, train_subset, seed)
     mean, std = NORMALIZATION[dataset]
     return DataSplits(dataset, train, val, test, classes, mean, std, source)
 

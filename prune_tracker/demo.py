@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 from .data import DataError, load_splits
-from .jobs import DataOptions
-from .pipeline import PipelineConfig, PipelineError, run_pipeline
+from .pipeline import PipelineConfig, PipelineError, demo_data, run_pipeline
+from .tracking import ui_hint
 
 
 def choose_dataset() -> tuple[str, str | None]:
@@ -26,7 +27,7 @@ def choose_dataset() -> tuple[str, str | None]:
 
 def main() -> None:
     dataset, data_dir = choose_dataset()
-    config = PipelineConfig(data=DataOptions(dataset, data_dir, train_subset=5000, val_size=1000),
+    config = PipelineConfig(data=replace(demo_data(), dataset=dataset, data_dir=data_dir),
                             experiment_name=os.environ.get("DEMO_EXPERIMENT", "prune-tracker-demo"))
     try:
         result = run_pipeline(config)
@@ -38,8 +39,7 @@ def main() -> None:
         print(f"  {step:28s} {run_id}{'  (reused)' if step in result.reused else ''}")
     if result.champion_uri:
         print(f"champion model: {result.champion_uri}")
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    print(f"\nOpen them with:  .venv/bin/mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)")
+    print(f"\n{ui_hint(result.run_id)}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ The click CLI and the MLproject entry points only parse arguments and call these
 
 from __future__ import annotations
 
-import copy
 import math
 import tempfile
 import time
@@ -11,34 +10,39 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import mlflow
-import numpy as np
 import torch
-from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix, top_k_accuracy_score
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 from . import tracking
-from .data import BatchLoader, DataSplits, load_splits
-from .footprint import footprint_figure, measure_footprint
-from .models import build_from_spec, build_model
+from .data import AUTO, BatchLoader, DataSplits, load_splits
+from .evaluation import classification_metrics, confusion_figure, latency_ms, sparsity_figure
+from .footprint import footprint_figure, measure_footprint, micronet_score
+from .models import architecture_spec, build_from_spec, build_model
 from .pruning import (
     PruneContext,
     get_method,
     global_sparsity,
     make_permanent,
-    prunable_layers,
+    reattach_masks,
     sparsity_report,
     validate_ratio,
 )
+from .pruning.target import footprint_probe, search_ratio
+from .quant import (
+    PRECISIONS,
+    QUANT_FILE_NAME,
+    artifact_dir_name,
+    measure_precisions,
+    qat_finetune,
+    save_quantized,
+    validate_precisions,
+    validate_qat,
+)
+from .quant.qat import disable_qat, enable_qat
+from .quant.weights import BITS
 from .training import (
     TrainConfig,
     Trainer,
-    accuracy_and_loss,
     evaluate,
     finetune_fn,
     fit,
@@ -47,24 +51,66 @@ from .training import (
     seed_everything,
 )
 
+SPLIT_FIELDS = ("dataset", "train_subset", "val_size", "seed")
+SPLIT_DEFAULTS = {"dataset": "cifar10", "train_subset": 0, "val_size": AUTO, "seed": 0}
+
 
 @dataclass
 class DataOptions:
-    dataset: str = "cifar10"
+    """Which images a run sees. For a model with a parent run (prune, finetune, evaluate), a field left None
+    takes the parent's value, so the parent's training images never land in the validation split;
+    `new_split=True` allows an explicit different split."""
+
+    dataset: str | None = "cifar10"
     data_dir: str | None = None
-    train_subset: int = 0
-    val_size: int = 5000
-    seed: int = 0
+    train_subset: int | None = 0
+    val_size: int | str | None = AUTO
+    seed: int | None = 0
+    new_split: bool = False
 
     def load(self, num_classes: int | None = None) -> DataSplits:
         return load_splits(
-            self.dataset,
+            self.dataset or SPLIT_DEFAULTS["dataset"],
             self.data_dir or None,
-            self.train_subset,
-            self.val_size,
-            self.seed,
+            self.train_subset or 0,
+            AUTO if self.val_size is None else self.val_size,
+            self.seed or 0,
             num_classes=num_classes,
         )
+
+    def logged(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "new_split"}
+
+
+def _as_split_value(name: str, raw: str) -> Any:
+    if name == "dataset" or (name == "val_size" and raw == AUTO):
+        return raw
+    try:
+        return int(raw)
+    except ValueError:
+        return raw
+
+
+def inherit_split(data: DataOptions, parent_params: dict[str, str]) -> DataOptions:
+    """Fill the fields left None from the parent run's params (else the defaults); an explicit value that
+    differs from the parent's is an error unless `new_split`."""
+    resolved: dict[str, Any] = {}
+    for name in SPLIT_FIELDS:
+        mine, theirs = getattr(data, name), parent_params.get(name)
+        parent_value = None if theirs in (None, "") else _as_split_value(name, theirs)
+        if mine is None:
+            resolved[name] = SPLIT_DEFAULTS[name] if parent_value is None else parent_value
+        elif parent_value is not None and mine != parent_value and not data.new_split:
+            raise ValueError(
+                f"{name}={mine!r} differs from the parent run's {name}={parent_value!r}: the parent's training "
+                f"images could land in this run's validation split; omit {name}, or pass new_split=true"
+            )
+        else:
+            resolved[name] = mine
+    data_dir = data.data_dir or parent_params.get("data_dir") or None
+    if data_dir and not data.data_dir and not Path(data_dir).expanduser().exists():
+        data_dir = None  # the parent's copy is not on this machine: fall back to the dataset's default source
+    return replace(data, data_dir=data_dir, **resolved)
 
 
 @dataclass
@@ -75,9 +121,11 @@ class RunOptions:
     run_name: str | None = None
     extra_tags: dict[str, str] = field(default_factory=dict)
     nested: bool = False  # a step of the `main` pipeline
+    precisions: tuple[str, ...] = PRECISIONS  # deployment precisions measured on every model a run logs
 
-    def start(self, stage: str, tags: dict[str, Any], resume_run_id: str | None = None):
-        return tracking.tracked_run(stage, self.experiment_name, self.run_name,
+    def start(self, stage: str, tags: dict[str, Any], default_name: str, resume_run_id: str | None = None):
+        """A tracked run named `run_name` if one was given, else `default_name` (what the run is)."""
+        return tracking.tracked_run(stage, self.experiment_name, self.run_name or default_name,
                                     _lineage_tags({**tags, **self.extra_tags}), nested=self.nested,
                                     resume_run_id=resume_run_id)
 
@@ -103,11 +151,37 @@ def log_footprint(model: nn.Module, parent_model: nn.Module | None = None) -> di
     with tempfile.TemporaryDirectory() as tmp:
         fp = measure_footprint(model, parent=parent, write_files_to=Path(tmp))
     tracking.log_metrics(fp.metrics)
-    mlflow.log_dict(fp.breakdown, "footprint.json")
-    figure = footprint_figure(fp)
-    mlflow.log_figure(figure, "footprint.png")
-    plt.close(figure)
+    tracking.log_dict(fp.breakdown, "footprint.json")
+    tracking.log_figure(footprint_figure(fp), "footprint.png")
     return fp.metrics
+
+
+def log_precisions(model: nn.Module, splits: DataSplits, device: torch.device, tta: bool,
+                   precisions: tuple[str, ...], footprint: dict[str, float]) -> dict[str, float]:
+    """Accuracy and bytes at each deployment precision (weights fake-quantised after BatchNorm folding), and
+    w8a8 with activation scales calibrated on validation images (training images when there is no validation
+    split; never test), logged as `<metric>_<precision>`, `micronet_score_<precision>`."""
+    if not precisions:
+        return {}
+
+    def accuracies(quantised: nn.Module) -> dict[str, float]:
+        measured = _evaluate_splits(quantised.to(device), splits, device, tta)
+        return {k: v for k, v in measured.items() if k.endswith("_accuracy")}
+
+    def calibration_batches():
+        images = splits.val if len(splits.val) else splits.train
+        return BatchLoader(images, 256, splits.mean, splits.std, device=device, channels_last=False)
+
+    metrics = measure_precisions(model, precisions, accuracies, calibration_batches,
+                                 footprint["activation_peak_fp32_bytes"])
+    if "fp16" in precisions:  # the fp16 point keeps footprint's meaning of the best fp16 format (BN unfolded)
+        metrics["footprint_best_fp16_bytes"] = footprint["footprint_best_bytes"]
+    for precision in precisions:
+        metrics[f"micronet_score_{precision}"] = micronet_score(model, BITS[precision], mult_bits=16)
+    if "int8" in precisions:
+        metrics["micronet_score_w8a8"] = micronet_score(model, 8, mult_bits=8)
+    tracking.log_metrics(metrics)
+    return metrics
 
 
 def _finish_model(
@@ -116,10 +190,30 @@ def _finish_model(
     num_classes: int,
     final_metrics: dict[str, float],
     extra_spec: dict[str, Any] | None = None,
+    precisions: tuple[str, ...] = (),
 ) -> str:
+    """Log the model (and its deployable int8 / int4 variants) with the run's final metrics attached."""
     model_id = tracking.log_model(model, arch, num_classes, extra_spec)
     tracking.log_metrics(final_metrics, model_id=model_id)
+    for precision in [p for p in precisions if p in ("int8", "int4")]:
+        _log_quantised_variant(model, arch, num_classes, extra_spec, precision, final_metrics)
     return model_id
+
+
+def _log_quantised_variant(model: nn.Module, arch: str, num_classes: int, extra_spec: dict[str, Any] | None,
+                           precision: str, final_metrics: dict[str, float]) -> None:
+    spec = {**architecture_spec(model.cpu(), arch, num_classes), **(extra_spec or {})}
+    name = artifact_dir_name(precision)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / name
+        folder.mkdir()
+        save_quantized(model, spec, precision, folder / QUANT_FILE_NAME)
+        file_bytes = (folder / QUANT_FILE_NAME).stat().st_size
+        tracking.log_metrics({f"file_best_{precision}_bytes": file_bytes})
+        keys = (f"test_accuracy_{precision}", f"val_accuracy_{precision}", f"footprint_best_{precision}_bytes")
+        attached = {k: final_metrics[k] for k in keys if k in final_metrics}
+        tracking.log_files_model(folder, name, {"precision": precision, "arch": arch},
+                                 {**attached, f"file_best_{precision}_bytes": file_bytes})
 
 
 # ---------------------------------------------------------------- train
@@ -130,6 +224,7 @@ def train(
 ) -> str:
     """Train `arch` from scratch (or resume a run's checkpoint); returns the run id."""
     config.validate()
+    run = replace(run, precisions=validate_precisions(run.precisions))
     device = resolve_device(run.device)
     splits = data.load()
     seed_everything(config.seed)
@@ -142,29 +237,23 @@ def train(
     trainer = Trainer(model, splits, config, device, progress=run.progress)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
-    tags = _lineage_tags(
-        {
-            "method": "none",
-            "dataset": data.dataset,
-            "arch": arch,
-            "resumed_from_run_id": resume_run_id,
-            **run.extra_tags,
-        }
-    )
-    with run.start("train", tags, resume_run_id) as active:
+    tags = {"method": "none", "dataset": splits.dataset, "arch": arch, "resumed_from_run_id": resume_run_id}
+    name = f"train {arch} {splits.dataset} {config.epochs:g}ep"
+    with run.start("train", tags, name, resume_run_id) as active:
         tracking.log_params(
             {
                 "arch": arch,
-                **asdict(data),
+                **data.logged(),
                 **asdict(config),
                 "device": str(device),
                 "amp_dtype": str(trainer.amp_dtype),
                 "data_source": splits.source,
                 "train_size": len(splits.train),
+                "val_images": len(splits.val),
                 "num_classes": splits.num_classes,
             }
         )
-        tracking.log_dataset(splits, f"{data.dataset}-train")
+        tracking.log_dataset(splits, f"{splits.dataset}-train")
 
         def on_epoch_end(epoch: int, metrics: dict[str, float]) -> None:
             tracking.log_metrics(metrics, step=epoch)
@@ -175,25 +264,14 @@ def train(
         final = _evaluate_splits(trainer.eval_model, splits, device, config.tta_flip)
         final["train_seconds"] = time.perf_counter() - started
         tracking.log_metrics(final)
-        final.update(_param_counts(log_footprint(trainer.eval_model)))
-        _finish_model(trainer.eval_model, arch, splits.num_classes, final)
+        footprint = log_footprint(trainer.eval_model)
+        final.update(_param_counts(footprint))
+        final.update(log_precisions(trainer.eval_model, splits, device, config.tta_flip, run.precisions, footprint))
+        _finish_model(trainer.eval_model, arch, splits.num_classes, final, precisions=run.precisions)
         return active.info.run_id
 
 
 # ---------------------------------------------------------------- evaluate
-
-
-def _latency_ms(model: nn.Module, batch_size: int, repeats: int = 5) -> float:
-    model = model.cpu().eval()
-    x = torch.randn(batch_size, 3, 32, 32)
-    with torch.inference_mode():
-        model(x)
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - started)
-    return 1e3 * float(np.median(times)) / batch_size
 
 
 def evaluate_model(
@@ -205,71 +283,47 @@ def evaluate_model(
     batch_size: int = 500,
 ) -> str:
     """Top-1/top-5/loss/per-class accuracy, confusion matrix and CPU latency, logged to a new run."""
+    run = replace(run, precisions=validate_precisions(run.precisions))
     device = resolve_device(run.device)
-    loaded, splits = _load_with_data(model_uri, data, arch)
+    loaded, data, splits = _load_with_data(model_uri, data, arch)
     model = loaded.model.to(device)
-    tags = _lineage_tags(
-        {
-            "parent_run_id": loaded.source_run_id,
-            "source_model_uri": model_uri,
-            "dataset": data.dataset,
-            "arch": loaded.spec["arch"],
-            **_inherited_method(loaded),
-        }
-    )
-    with run.start("evaluate", tags) as active:
+    tags = {
+        "parent_run_id": loaded.source_run_id,
+        "source_model_uri": model_uri,
+        "dataset": splits.dataset,
+        "arch": loaded.spec["arch"],
+        **_inherited_method(loaded),
+    }
+    with run.start("evaluate", tags, f"evaluate {loaded.spec['arch']} <- {_origin(loaded)}") as active:
         tracking.log_params(
-            {"model_uri": model_uri, **asdict(data), "tta_flip": tta_flip, "device": str(device)}
+            {"model_uri": model_uri, **data.logged(), "tta_flip": tta_flip, "device": str(device)}
         )
         loader = BatchLoader(splits.test, batch_size, splits.mean, splits.std, device=device)
-        logits, labels = predict_logits(model, loader, tta_flip)
-        accuracy, loss = accuracy_and_loss(logits, labels)
-        probs = torch.softmax(logits, 1).numpy()
-        k = min(5, splits.num_classes - 1)
-        metrics = {
-            "test_accuracy": accuracy,
-            "test_loss": loss,
-            "test_top5_accuracy": top_k_accuracy_score(
-                labels.numpy(), probs, k=k, labels=list(range(splits.num_classes))
-            ),
-            "latency_ms_per_image_batch1": _latency_ms(model, 1),
-            "latency_ms_per_image_batch128": _latency_ms(model, 128),
-        }
-        matrix = confusion_matrix(
-            labels.numpy(), logits.argmax(1).numpy(), labels=list(range(splits.num_classes))
-        )
-        per_class = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
-        metrics.update(
-            {f"class_accuracy.{i}": float(a) for i, a in enumerate(per_class)}
-            if splits.num_classes <= 20
-            else {}
-        )
-        tracking.log_metrics(metrics)
-        mlflow.log_dict(
-            {
-                "classes": splits.classes,
-                "per_class_accuracy": per_class.tolist(),
-                "confusion_matrix": matrix.tolist(),
-            },
-            "evaluation.json",
-        )
-        fig, ax = plt.subplots(figsize=(8, 7))
-        ConfusionMatrixDisplay(
-            matrix, display_labels=splits.classes if splits.num_classes <= 20 else None
-        ).plot(ax=ax, include_values=splits.num_classes <= 20, xticks_rotation=45, colorbar=False)
-        mlflow.log_figure(fig, "confusion_matrix.png")
-        plt.close(fig)
-        log_footprint(model)
+        result = classification_metrics(*predict_logits(model, loader, tta_flip), splits.classes)
+        result.metrics["latency_ms_per_image_batch1"] = latency_ms(model, 1)
+        result.metrics["latency_ms_per_image_batch128"] = latency_ms(model, 128)
+        tracking.log_metrics(result.metrics)
+        tracking.log_dict(result.summary(), "evaluation.json")
+        tracking.log_figure(confusion_figure(result), "confusion_matrix.png")
+        footprint = log_footprint(model)
+        log_precisions(model, splits, device, tta_flip, run.precisions, footprint)
         return active.info.run_id
 
 
+def _origin(loaded: tracking.LoadedModel) -> str:
+    return tracking.short_id(loaded.source_run_id) or Path(loaded.uri).name
+
+
 def _load_with_data(model_uri: str, data: DataOptions, arch: str | None = None
-                    ) -> tuple[tracking.LoadedModel, DataSplits]:
-    """The model behind `model_uri` and the data it must be evaluated on (same class count)."""
+                    ) -> tuple[tracking.LoadedModel, DataOptions, DataSplits]:
+    """The model behind `model_uri`, the data options completed from its parent run, and the data it must be
+    evaluated on (same class count)."""
     loaded = tracking.load_model(model_uri, arch)
+    parent_params = tracking.run_params(loaded.source_run_id) if loaded.source_run_id else {}
+    data = inherit_split(data, parent_params)
     splits = data.load(num_classes=loaded.spec["num_classes"])
     _check_classes(loaded.spec, splits)
-    return loaded, splits
+    return loaded, data, splits
 
 
 def _check_classes(spec: dict[str, Any], splits: DataSplits) -> None:
@@ -294,16 +348,8 @@ def _sparsity_outputs(model: nn.Module) -> dict[str, float]:
     """Per-layer sparsity as metrics `sparsity.<layer>`, `sparsity.json` and a bar chart."""
     report = sparsity_report(model)
     tracking.log_metrics({f"sparsity.{name}": value for name, value in report.items()})
-    mlflow.log_dict(report, "sparsity.json")
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(report)), 4))
-    ax.bar(range(len(report)), list(report.values()), color="tab:blue")
-    ax.set_xticks(range(len(report)), list(report), rotation=90, fontsize=7)
-    ax.set_ylabel("zero fraction")
-    ax.set_ylim(0, 1)
-    ax.set_title("per-layer sparsity")
-    fig.tight_layout()
-    mlflow.log_figure(fig, "sparsity.png")
-    plt.close(fig)
+    tracking.log_dict(report, "sparsity.json")
+    tracking.log_figure(sparsity_figure(report), "sparsity.png")
     return report
 
 
@@ -312,9 +358,10 @@ def _param_counts(footprint: dict[str, float]) -> dict[str, float]:
     return {k: footprint[k] for k in ("params_total", "params_nonzero", "params_reduction") if k in footprint}
 
 
-def _prune_context(
+def prune_context(
     splits: DataSplits, config: TrainConfig, device: torch.device, progress: bool, tta: bool
 ) -> PruneContext:
+    """What a pruning method may use: training batches for calibration, validation accuracy, fine-tuning."""
     def calibration_batches():
         return BatchLoader(splits.train, 256, splits.mean, splits.std, device=device, channels_last=False)
 
@@ -332,6 +379,22 @@ def _prune_context(
     )
 
 
+def footprint_metric(metrics: dict[str, float], name: str) -> float:
+    if name not in metrics:
+        raise ValueError(f"target_metric={name!r} is not a footprint metric; choose one of: "
+                         f"{', '.join(sorted(k for k in metrics if k.endswith('_bytes')))}")
+    return metrics[name]
+
+
+def ratio_for_target(model: nn.Module, method, options: dict[str, Any], ctx: PruneContext, target_bytes: int,
+                     target_metric: str) -> float:
+    """The smallest ratio at which `method` itself brings `target_metric` to at most `target_bytes`."""
+    footprint_metric(measure_footprint(model).metrics, target_metric)  # an unknown metric fails at once
+    probe = footprint_probe(model, method, options, ctx,
+                            lambda m: footprint_metric(measure_footprint(m).metrics, target_metric))
+    return search_ratio(probe, target_bytes, label=method.name)
+
+
 def prune_model(
     model_uri: str,
     method_name: str,
@@ -344,63 +407,69 @@ def prune_model(
     target_bytes: int | None = None,
     target_metric: str = "footprint_best_bytes",
     tta_flip: bool = True,
+    arch: str | None = None,
+    qat: str = "none",
 ) -> str:
-    """Prune a logged model with a registered method, optionally fine-tune, measure and log everything."""
+    """Prune a logged model with a registered method, optionally fine-tune (with quantisation-aware training
+    when `qat` names a precision), measure every precision and log everything."""
     method = get_method(method_name)
+    qat = validate_qat(qat)
+    run = replace(run, precisions=validate_precisions(run.precisions))
     ratio = validate_ratio(ratio)
     options = method.resolve_options(options or {})
     if not (math.isfinite(finetune_epochs) and finetune_epochs >= 0):
         raise ValueError(f"finetune_epochs={finetune_epochs} must be a finite number >= 0")
     config.validate()
     device = resolve_device(run.device)
-    loaded, splits = _load_with_data(model_uri, data)
+    loaded, data, splits = _load_with_data(model_uri, data, arch)
+    config = replace(config, seed=data.seed)
     arch = loaded.spec["arch"]
     parent = loaded.model
     model = _copy_model(loaded).to(device)
     seed_everything(config.seed)
-    tags = _lineage_tags(
-        {
-            "method": method.name,
-            "parent_run_id": loaded.source_run_id,
-            "dataset": data.dataset,
-            "arch": arch,
-            "pruning_kind": "structured" if method.structured else "unstructured",
-            "source_model_uri": model_uri,
-            **run.extra_tags,
-        }
-    )
-    ctx = _prune_context(splits, config, device, run.progress, tta_flip)
-    with run.start("prune", tags) as active:
-        if target_bytes is not None:
-            ratio = search_ratio_for_target(model, method, target_bytes, target_metric)
-            tracking.log_metrics({"target_bytes": target_bytes, "ratio_searched": ratio})
+    ctx = prune_context(splits, config, device, run.progress, tta_flip)
+    if target_bytes is not None:
+        ratio = ratio_for_target(model, method, options, ctx, target_bytes, target_metric)
+    tags = {
+        "method": method.name,
+        "parent_run_id": loaded.source_run_id,
+        "dataset": splits.dataset,
+        "arch": arch,
+        "pruning_kind": "structured" if method.structured else "unstructured",
+        "source_model_uri": model_uri,
+        "ratio": ratio,
+    }
+    with run.start("prune", tags, f"prune {method.name} {ratio:.3g} <- {_origin(loaded)}") as active:
+        # `ratio` the metric is the ratio applied (the searched one with target_bytes); the param is as given.
+        tracking.log_metrics({"ratio": ratio, **({"target_bytes": target_bytes} if target_bytes else {})})
         tracking.log_params(
             {
                 "model_uri": model_uri,
                 "method": method.name,
                 "ratio": ratio,
-                **asdict(data),
+                **data.logged(),
                 **{f"finetune_{k}": v for k, v in asdict(config).items()},
                 "finetune_epochs": finetune_epochs,
+                "target_bytes": target_bytes or "",
+                "target_metric": target_metric,
+                "qat": qat,
+                "precisions": ",".join(run.precisions),
                 "tta_flip": tta_flip,
                 "device": str(device),
                 **{f"option.{k}": v for k, v in options.items()},
             }
         )
-        mlflow.set_tag("ratio", str(ratio))
         result = method.prune(model, ratio, ctx, **options)
         tracking.log_metrics(
             {"prune_seconds": result.seconds, "method_finetune_epochs": result.finetuned_epochs}
         )
         if result.details:
-            mlflow.log_dict(result.details, "pruning_details.json")
+            tracking.log_dict(result.details, "pruning_details.json")
         for name, figure in (result.figures or {}).items():
-            mlflow.log_figure(figure, f"{name}.png")
-            plt.close(figure)
+            tracking.log_figure(figure, f"{name}.png")
         pruned = result.model
-        metrics = _evaluate_splits(pruned, splits, device, tta_flip, suffix="_pruned")
-        tracking.log_metrics(metrics)
-        ctx.finetune(pruned, finetune_epochs)
+        tracking.log_metrics(_evaluate_splits(pruned, splits, device, tta_flip, suffix="_pruned"))
+        qat_finetune(ctx.finetune, qat)(pruned, finetune_epochs)
         make_permanent(pruned)
         return _log_pruned_outputs(
             pruned,
@@ -411,6 +480,7 @@ def prune_model(
             arch,
             active.info.run_id,
             {"method": method.name, "ratio": ratio, "structured": method.structured},
+            run.precisions,
         )
 
 
@@ -429,73 +499,17 @@ def _log_pruned_outputs(
     arch: str,
     run_id: str,
     pruning_spec: dict[str, Any],
+    precisions: tuple[str, ...],
 ) -> str:
     final = _evaluate_splits(model, splits, device, tta)
     final["sparsity_global"] = global_sparsity(model)
     tracking.log_metrics(final)
     _sparsity_outputs(model)
-    final.update(_param_counts(log_footprint(model, parent_model=parent)))
-    _finish_model(model, arch, splits.num_classes, final, {"pruning": pruning_spec})
+    footprint = log_footprint(model, parent_model=parent)
+    final.update(_param_counts(footprint))
+    final.update(log_precisions(model, splits, device, tta, precisions, footprint))
+    _finish_model(model, arch, splits.num_classes, final, {"pruning": pruning_spec}, precisions)
     return run_id
-
-
-def search_ratio_for_target(
-    model: nn.Module, method, target_bytes: int, metric: str, tolerance: float = 0.005
-) -> float:
-    """Bisect the ratio at which the model's `metric` footprint falls to `target_bytes`. Each probe prunes
-    a copy with the data-free proxy of the method's kind (global L1 magnitude for unstructured methods,
-    uniform L1 filters for structured ones): footprints depend on how much is removed, not on which weights."""
-    proxy = get_method("li_filters" if method.structured else "global_l1")
-    proxy_options = {"per_layer": "uniform"} if method.structured and "per_layer" in proxy.params else {}
-
-    def footprint_at(ratio: float) -> float:
-        probe = proxy.prune(_clone(model), ratio, _NO_DATA_CONTEXT, **proxy_options).model
-        make_permanent(probe)
-        value = measure_footprint(probe).metrics
-        if metric not in value:
-            raise ValueError(f"target metric {metric!r} unknown; choose one of: {', '.join(sorted(value))}")
-        return value[metric]
-
-    if footprint_at(0.0) <= target_bytes:
-        return 0.0
-    low, high = 0.0, 0.99
-    if footprint_at(high) > target_bytes:
-        raise ValueError(
-            f"target_bytes={target_bytes} is below what {method.name} reaches at ratio 0.99 "
-            f"({footprint_at(high):.0f} bytes of {metric})"
-        )
-    while high - low > tolerance:
-        middle = (low + high) / 2
-        low, high = (middle, high) if footprint_at(middle) > target_bytes else (low, middle)
-    return round(high, 4)
-
-
-def _clone(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model).cpu()
-
-
-def _no_data(*_args, **_kwargs):
-    raise RuntimeError("the footprint search's proxy pruning must not need data")
-
-
-_NO_DATA_CONTEXT = PruneContext(
-    example_input=torch.zeros(1, 3, 32, 32),
-    calibration_batches=_no_data,
-    evaluate=_no_data,
-    finetune=lambda *a, **k: None,
-    log=lambda _msg: None,
-)
-
-
-def reattach_masks(model: nn.Module) -> int:
-    """Re-create torch.nn.utils.prune masks from the zeros of an unstructured-pruned model, so fine-tuning
-    keeps pruned weights at exactly zero. Returns the number of masked layers."""
-    masked = 0
-    for _, module in prunable_layers(model, keep_first=False, keep_last=False):
-        if not torch.all(module.weight != 0):
-            torch_prune.custom_from_mask(module, "weight", (module.weight != 0).to(module.weight.dtype))
-            masked += 1
-    return masked
 
 
 def finetune_model(
@@ -505,43 +519,55 @@ def finetune_model(
     config: TrainConfig,
     run: RunOptions,
     tta_flip: bool = True,
+    arch: str | None = None,
+    qat: str = "none",
 ) -> str:
-    """Continue training a pruned model with its masks (zeros) or architecture kept."""
+    """Continue training a pruned model with its masks (zeros) or architecture kept; `qat` trains with
+    fake-quantised weights (straight-through) so that that precision recovers."""
+    qat = validate_qat(qat)
+    run = replace(run, precisions=validate_precisions(run.precisions))
     config.validate()
     device = resolve_device(run.device)
-    loaded, splits = _load_with_data(model_uri, data)
+    loaded, data, splits = _load_with_data(model_uri, data, arch)
+    config = replace(config, seed=data.seed, epochs=epochs)
     arch = loaded.spec["arch"]
     model = _copy_model(loaded)
     masked_layers = reattach_masks(model)
+    if qat != "none":
+        enable_qat(model, qat)  # before the Trainer builds its optimizer over the parametrized weights
     inherited = _inherited_method(loaded)
-    tags = _lineage_tags(
-        {
-            "parent_run_id": loaded.source_run_id,
-            "dataset": data.dataset,
-            "arch": arch,
-            "source_model_uri": model_uri,
-            "method": inherited.get("method", "none"),
-            **{k: v for k, v in inherited.items() if k != "method"},
-            **run.extra_tags,
-        }
-    )
+    tags = {
+        "parent_run_id": loaded.source_run_id,
+        "dataset": splits.dataset,
+        "arch": arch,
+        "source_model_uri": model_uri,
+        "method": inherited.get("method", "none"),
+        **{k: v for k, v in inherited.items() if k != "method"},
+    }
     seed_everything(config.seed)
-    trainer = Trainer(model, splits, replace_epochs(config, epochs), device, progress=run.progress)
-    with run.start("finetune", tags) as active:
+    trainer = Trainer(model, splits, config, device, progress=run.progress)
+    name = f"finetune {inherited.get('method', arch)} {epochs:g}ep <- {_origin(loaded)}"
+    with run.start("finetune", tags, name) as active:
         tracking.log_params(
             {
                 "model_uri": model_uri,
-                **asdict(data),
+                **data.logged(),
                 **asdict(trainer.config),
                 "tta_flip": tta_flip,
                 "device": str(device),
                 "masked_layers": masked_layers,
                 "ratio": inherited.get("ratio", ""),
+                "qat": qat,
+                "precisions": ",".join(run.precisions),
             }
         )
         fit(trainer, lambda epoch, metrics: tracking.log_metrics(metrics, step=epoch))
         trained = trainer.eval_model
+        if qat != "none":
+            disable_qat(trained)
         make_permanent(trained)
+        if "ratio" in inherited:
+            tracking.log_metrics({"ratio": float(inherited["ratio"])})
         # Reductions of a fine-tuned model are stated against the unpruned architecture, not the pruned parent.
         unpruned = build_model(arch, splits.num_classes)
         return _log_pruned_outputs(
@@ -553,8 +579,5 @@ def finetune_model(
             arch,
             active.info.run_id,
             loaded.spec.get("pruning", {}),
+            run.precisions,
         )
-
-
-def replace_epochs(config: TrainConfig, epochs: float) -> TrainConfig:
-    return replace(config, epochs=epochs)

@@ -1,8 +1,9 @@
 """The `main` pipeline: train a base model, prune it with each method at each ratio (fine-tuning inside
 each prune run), evaluate, compare, register and report. Each step is its own MLflow run, nested under
 the pipeline run. Train, evaluate and prune steps that already FINISHED with the same parameters are
-reused (matched by the tag `pipeline_step_key`); compare and report always run again, since they read
-whatever the experiment holds now."""
+reused (matched by the tag `pipeline_step_key`, a hash of the step's parameters and of the code's identity:
+the git commit, plus a hash of the package's sources when they have uncommitted changes); compare and report
+always run again, since they read whatever the experiment holds now."""
 
 from __future__ import annotations
 
@@ -13,35 +14,49 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import mlflow
-from mlflow.tracking import MlflowClient
-
-from . import __version__, tracking
+from . import tracking
+from .footprint import parse_bytes
 from .jobs import DataOptions, RunOptions, evaluate_model, prune_model, train
 from .models import build_model
+from .provenance import code_identity
 from .pruning import get_method, validate_ratio
+from .quant import PRECISIONS
 from .training import TrainConfig
 
 STEP_KEY_TAG = "pipeline_step_key"
+SELECTION_METRIC = "val_accuracy"  # the champion is chosen on validation; test accuracy is reported beside it
+
+
+def demo_data() -> DataOptions:
+    return DataOptions(train_subset=0, val_size=2000)
+
+
+def demo_train() -> TrainConfig:
+    """A base of ~80% on CIFAR-10 in 5 epochs: progressive resizing spends half of them at 16 px."""
+    return TrainConfig(epochs=5, resize_schedule="16:0.5,24:0.3", ema_decay=0.0)
 
 
 @dataclass
 class PipelineConfig:
+    """`main`'s defaults are the demo's study: the full training set, a short base recipe, two unstructured
+    methods at 90% sparsity with one fine-tuning epoch, and a budget of 1/8 of the base's fp32 bytes."""
+
     arch: str = "resnet20"
-    data: DataOptions = field(default_factory=lambda: DataOptions(train_subset=5000, val_size=1000))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, ema_decay=0.99))
-    methods: list[str] = field(default_factory=lambda: ["global_l1", "lamp", "li_filters"])
-    ratios: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.9])
+    data: DataOptions = field(default_factory=demo_data)
+    train: TrainConfig = field(default_factory=demo_train)
+    methods: list[str] = field(default_factory=lambda: ["lamp", "global_l1"])
+    ratios: list[float] = field(default_factory=lambda: [0.9])
     finetune_epochs: float = 1.0
     finetune_lr: float = 0.01
     tta_flip: bool = True
     footprint: str = "footprint_best_bytes"
-    budget: str | None = None
+    budget: str | None = "1/8"
     register: bool = True
     registered_name: str | None = None
     experiment_name: str = "prune-tracker"
     device: str = "auto"
     progress: bool = False
+    precisions: tuple[str, ...] = PRECISIONS
 
     def validate(self) -> None:
         build_model(self.arch)
@@ -52,6 +67,7 @@ class PipelineConfig:
         if not self.methods or not self.ratios:
             raise ValueError("methods and ratios must each name at least one value")
         self.train.validate()
+        _check_budget(self.budget)
 
 
 @dataclass
@@ -67,16 +83,32 @@ class PipelineError(RuntimeError):
     pass
 
 
-def step_key(stage: str, params: dict[str, Any]) -> str:
-    blob = json.dumps({"stage": stage, "version": __version__, **params}, sort_keys=True, default=str)
+def step_key(stage: str, params: dict[str, Any], code: str | None = None) -> str:
+    blob = json.dumps({"stage": stage, "code": code or code_identity(), **params}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _finished_step(experiment_id: str, key: str) -> str | None:
-    runs = MlflowClient().search_runs([experiment_id], f"tags.{STEP_KEY_TAG} = '{key}' and "
-                                      "attributes.status = 'FINISHED'", max_results=1,
-                                      order_by=["attributes.start_time DESC"])
-    return runs[0].info.run_id if runs else None
+def resolve_budget(budget: str | None, base_fp32_bytes: float | None) -> str | None:
+    """A budget in bytes ("200KB") as is; a fraction of the base model's dense fp32 bytes ("1/8") in bytes."""
+    if not budget or "/" not in budget:
+        return budget or None
+    numerator, _, denominator = budget.partition("/")
+    try:
+        fraction = float(numerator) / float(denominator)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"budget={budget!r} must be bytes (e.g. 200KB) or a fraction of the base (e.g. 1/8)") from None
+    if not 0 < fraction <= 1:
+        raise ValueError(f"budget={budget!r}: a fraction of the base must be in (0, 1]")
+    if base_fp32_bytes is None:
+        raise ValueError(f"budget={budget!r} needs the base run's footprint_fp32_bytes, which it did not log")
+    return str(int(fraction * base_fp32_bytes))
+
+
+def _check_budget(budget: str | None) -> None:
+    if budget and "/" not in budget:
+        parse_bytes(budget)
+    elif budget:
+        resolve_budget(budget, 1.0)
 
 
 class _Steps:
@@ -86,7 +118,7 @@ class _Steps:
     def run(self, name: str, stage: str, params: dict[str, Any], action: Callable[[RunOptions], str],
             reuse: bool = True) -> str | None:
         key = step_key(stage, params)
-        if reuse and (previous := _finished_step(self.experiment_id, key)):
+        if reuse and (previous := tracking.finished_run_with_tag(self.experiment_id, STEP_KEY_TAG, key)):
             print(f"[main] {name}: reusing finished run {previous}", flush=True)
             self.result.steps[name] = previous
             self.result.reused.append(name)
@@ -108,24 +140,26 @@ class _Steps:
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     config.validate()
-    run_options = RunOptions(config.experiment_name, config.device, config.progress)
+    run_options = RunOptions(config.experiment_name, config.device, config.progress, precisions=config.precisions)
     finetune_config = replace(config.train, lr=config.finetune_lr, schedule="cosine", ema_decay=0.0,
                               warmup_fraction=0.0)
     with tracking.tracked_run("pipeline", config.experiment_name, "main",
                               {"dataset": config.data.dataset, "arch": config.arch}) as active:
-        tracking.log_params({"arch": config.arch, **asdict(config.data), **asdict(config.train),
+        tracking.log_params({"arch": config.arch, **config.data.logged(), **asdict(config.train),
                              "methods": ",".join(config.methods), "ratios": ",".join(map(str, config.ratios)),
                              "finetune_epochs": config.finetune_epochs, "finetune_lr": config.finetune_lr,
                              "tta_flip": config.tta_flip, "footprint": config.footprint,
-                             "budget": config.budget or "", "register": config.register})
+                             "budget": config.budget or "", "register": config.register,
+                             "precisions": ",".join(config.precisions)})
         result = PipelineResult(active.info.run_id)
         steps = _Steps(result, active.info.experiment_id, run_options)
-        common = {"arch": config.arch, **asdict(config.data)}
+        common = {"arch": config.arch, **config.data.logged(), "precisions": list(config.precisions)}
         base = steps.run("train", "train", {**common, **asdict(config.train)},
                          lambda opts: train(config.arch, config.data, config.train, opts))
         if base is None:
             raise PipelineError("step 'train' failed: " + result.failed["train"])
         base_uri = f"runs:/{base}/model"
+        budget = resolve_budget(config.budget, tracking.run_metrics(base).get("footprint_fp32_bytes"))
         steps.run("evaluate-base", "evaluate", {"model_uri": base_uri, **common, "tta": config.tta_flip},
                   lambda opts: evaluate_model(base_uri, config.data, opts, tta_flip=config.tta_flip))
         for method in config.methods:
@@ -137,13 +171,13 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
                           lambda opts, m=method, r=ratio: prune_model(
                               base_uri, m, r, config.data, finetune_config, opts, config.finetune_epochs,
                               tta_flip=config.tta_flip))
-        _compare_register_report(config, steps, result)
-        mlflow.log_dict({"steps": result.steps, "reused": result.reused, "failed": result.failed},
-                        "pipeline.json")
+        _compare_register_report(replace(config, budget=budget), steps, result)
+        tracking.log_dict({"steps": result.steps, "reused": result.reused, "failed": result.failed,
+                           "code": code_identity(), "budget_bytes": budget}, "pipeline.json")
         tracking.log_metrics({"steps_run": len(result.steps) - len(result.reused),
                               "steps_reused": len(result.reused), "steps_failed": len(result.failed)})
         if result.failed:
-            mlflow.set_tag("failed_steps", ",".join(result.failed))
+            tracking.set_tags({"failed_steps": ",".join(result.failed)})
             raise PipelineError(f"{len(result.failed)} step(s) failed: "
                                 + "; ".join(f"{k}: {v}" for k, v in result.failed.items()))
         return result
@@ -155,10 +189,10 @@ def _compare_register_report(config: PipelineConfig, steps: _Steps, result: Pipe
 
     # The whole experiment for this dataset and architecture: reused steps belong to earlier pipeline runs.
     scope = {"dataset": config.data.dataset, "arch": config.arch, "footprint": config.footprint,
-             "budget": config.budget}
+             "budget": config.budget, "metric": SELECTION_METRIC}
 
     def compare_step(opts: RunOptions) -> str:
-        with opts.start("compare", {"dataset": config.data.dataset, "arch": config.arch}) as run:
+        with opts.start("compare", {"dataset": config.data.dataset, "arch": config.arch}, "compare") as run:
             outcome = run_compare([config.experiment_name], **scope, register=config.register,
                                   registered_name=config.registered_name)
             print(outcome.table, flush=True)
@@ -170,7 +204,7 @@ def _compare_register_report(config: PipelineConfig, steps: _Steps, result: Pipe
     steps.run("compare", "compare", scope, compare_step, reuse=False)
 
     def report_step(opts: RunOptions) -> str:
-        with opts.start("report", {"dataset": config.data.dataset, "arch": config.arch}) as run:
+        with opts.start("report", {"dataset": config.data.dataset, "arch": config.arch}, "report") as run:
             run_report([config.experiment_name], **scope)
             return run.info.run_id
 

@@ -1,10 +1,13 @@
 """A self-contained HTML report of a pruning lab (inline CSS, base64 PNG figures, no external URL).
 
-Sections: key answers, per-method summary, the runs table, accuracy-vs-footprint fronts per dataset,
-accuracy-vs-pruning-ratio curves per method, per-layer sparsity of the front's models (``sparsity.json``) and
-their footprint breakdown (parameters vs activations; fp32 / fp16 / CSR) from metrics and ``footprint.json``.
-:func:`run_report` queries MLflow (via :func:`prune_tracker.compare.query_runs`), builds the file and logs it
-as ``report/report.html`` of a ``stage=report`` run, so it opens in the MLflow UI.
+Sections: key answers, per-method summary, the runs table, accuracy-vs-footprint fronts per dataset (a marker
+per precision), a sparsity x precision table, accuracy-vs-pruning-ratio curves per method and precision,
+per-layer sparsity of the front's models (``sparsity.json``) and their footprint breakdown (parameters vs
+activations; fp32 / fp16 / CSR / int8 / int4) from metrics and ``footprint.json``. A run is one point per
+precision (fp16, int8, int4, w8a8; ``precisions`` option, default every one found).
+:func:`run_report` reads the runs (via :func:`prune_tracker.compare.select`), builds the file and logs it
+as ``report/report.html`` of a ``stage=report`` run, so it opens in the MLflow UI. Runs are ranked by
+``metric`` (default ``val_accuracy``); the runs table shows ``test_accuracy`` beside it.
 """
 
 from __future__ import annotations
@@ -12,32 +15,49 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
 from matplotlib.figure import Figure
-from mlflow.exceptions import MlflowException
 
-from prune_tracker import compare
-from prune_tracker.compare import RunPoint, human_bytes, pareto_front
+from prune_tracker import tracking
+from prune_tracker.compare import CompareOptions, compare_figure, fmt_accuracy, select
+from prune_tracker.footprint import FORMATS, human_bytes
+from prune_tracker.frontier import (
+    TEST_METRIC,
+    RunPoint,
+    answer,
+    fmt_compression,
+    fmt_ratio,
+    group_points,
+    grouped_front,
+    pareto_front,
+    precision_rank,
+    resolve_footprint,
+)
+from prune_tracker.tracking import artifacts
+from prune_tracker.tracking.queries import DEFAULT_FOOTPRINT, DEFAULT_METRIC
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 MAX_TABLE_ROWS = 300
 MAX_DETAIL_MODELS = 12
-BREAKDOWN_METRICS = (
-    ("params fp32", "footprint_fp32_bytes"),
-    ("params fp16", "footprint_fp16_bytes"),
-    ("params CSR fp32", "footprint_csr_fp32_bytes"),
-    ("params CSR fp16", "footprint_csr_fp16_bytes"),
-    ("params bitmask fp16", "footprint_bitmask_fp16_bytes"),
-    ("params best", "footprint_best_bytes"),
+ACTIVATION_METRICS = (
     ("activations fp32", "activation_peak_fp32_bytes"),
     ("activations fp16", "activation_peak_fp16_bytes"),
+    ("activations int8", "activation_peak_int8_bytes"),
 )
+QUANTISED_METRICS = (  # parameter bytes of the quantised variants (best of dense / CSR / bitmask per weight)
+    ("params best int8", "footprint_best_int8_bytes"),
+    ("params best int4", "footprint_best_int4_bytes"),
+)
+SPARSITY_BIN = 0.1  # the sparsity x precision table's rows: sparsity rounded to this step
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1d2733;
 background:#f4f6f9}
@@ -67,6 +87,7 @@ class ReportResult:
     points: list[RunPoint]
     front: list[RunPoint]
     missing: list[tuple[str, str]]
+    precisions: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -83,29 +104,25 @@ def figure_to_img(fig: Figure, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _group(points: Iterable[RunPoint], *keys: str) -> dict[tuple[str, ...], list[RunPoint]]:
-    groups: dict[tuple[str, ...], list[RunPoint]] = {}
-    for p in points:
-        groups.setdefault(tuple(getattr(p, k) for k in keys), []).append(p)
-    return dict(sorted(groups.items()))
-
-
 def _label(p: RunPoint, sep: str = " ") -> str:
-    return "unpruned" if p.is_unpruned else f"{p.method}{sep}r={compare._fmt_ratio(p.ratio)}"
+    return "unpruned" if p.is_unpruned else f"{p.method}{sep}r={fmt_ratio(p.ratio)}"
+
+
+def _label_with_precision(p: RunPoint) -> str:
+    return f"{_label(p)} {p.precision}"
 
 
 def detail_models(front: Sequence[RunPoint], limit: int = MAX_DETAIL_MODELS) -> list[RunPoint]:
-    """Up to ``limit`` front models for the detailed sections, taken round-robin over (dataset, arch)."""
-    groups = list(_group(front, "dataset", "arch").values())
+    """Up to ``limit`` front runs for the detailed sections (one point per run: its first on the front, as the
+    sections show a run's artifacts), taken round-robin over (dataset, arch)."""
+    seen: set[str] = set()
+    front = [p for p in front if not (p.run_id in seen or seen.add(p.run_id))]
+    groups = list(group_points(front, "dataset", "arch").values())
     picked: list[RunPoint] = []
     for i in range(max((len(g) for g in groups), default=0)):
         picked += [g[i] for g in groups if i < len(g)]
     chosen = {p.run_id for p in picked[:limit]}
     return [p for p in front if p.run_id in chosen]
-
-
-def _fmt_comp(p: RunPoint) -> str:
-    return "-" if p.compression is None else f"{p.compression:.2f}x"
 
 
 def _table(
@@ -145,14 +162,14 @@ def answers_section(
         f"<div class=card><b>{_e(v)}</b><span>{_e(k)}</span></div>" for k, v in cards
     ]
     out.append("</div>")
-    for (dataset, arch), pts in _group(points, "dataset", "arch").items():
+    for (dataset, arch), pts in group_points(points, "dataset", "arch").items():
         where = f" ({_e(dataset)} / {_e(arch)})"
+        answers = answer(pts, budget, floor)
         if budget is not None:
-            question = f"Best accuracy within {human_bytes(budget)}{where}"
-            out.append(_answer(question, compare.best_under_budget(pts, budget)))
+            out.append(_answer(f"Best accuracy within {human_bytes(budget)}{where}", answers.best_under_budget))
         if floor is not None:
             question = f"Smallest model with accuracy &ge; {floor:g}{where}"
-            out.append(_answer(question, compare.smallest_above_floor(pts, floor)))
+            out.append(_answer(question, answers.smallest_above_floor))
     if not points and budget is not None:
         out.append(_answer(f"Best accuracy within {human_bytes(budget)}", None))
     return "\n".join(out)
@@ -162,16 +179,17 @@ def _answer(question: str, p: RunPoint | None) -> str:
     if p is None:
         return f'<div class="answer none"><b>{question}:</b> no run fits.</div>'
     return (
-        f'<div class="answer"><b>{question}:</b> {_e(p.method)} ratio {_e(compare._fmt_ratio(p.ratio))} '
-        f"({_e(p.stage)}), accuracy {p.accuracy:.4f}, {human_bytes(p.footprint)}, {_fmt_comp(p)} "
-        f"smaller than its unpruned parent &mdash; run <code>{_e(p.run_id)}</code></div>"
+        f'<div class="answer"><b>{question}:</b> {_e(p.method)} ratio {_e(fmt_ratio(p.ratio))} '
+        f"({_e(p.stage)}, {_e(p.precision)}), accuracy {p.accuracy:.4f} (test {fmt_accuracy(p.test_accuracy)}), "
+        f"{human_bytes(p.footprint)}, {fmt_compression(p)} "
+        f"smaller than its unpruned fp16 parent &mdash; run <code>{_e(p.run_id)}</code></div>"
     )
 
 
 def method_summary_section(points: Sequence[RunPoint], front: Sequence[RunPoint]) -> str:
-    on_front = {p.run_id for p in front}
+    on_front = {p.key for p in front}
     rows = []
-    for (dataset, arch, method), pts in _group(points, "dataset", "arch", "method").items():
+    for (dataset, arch, method), pts in group_points(points, "dataset", "arch", "method").items():
         best = max(pts, key=lambda p: (p.accuracy, -p.footprint))
         small = min(pts, key=lambda p: (p.footprint, -p.accuracy))
         comps = [p.compression for p in pts if p.compression is not None]
@@ -186,7 +204,7 @@ def method_summary_section(points: Sequence[RunPoint], front: Sequence[RunPoint]
                 human_bytes(small.footprint),
                 f"{small.accuracy:.4f}",
                 f"{max(comps):.2f}x" if comps else "-",
-                str(sum(p.run_id in on_front for p in pts)),
+                str(sum(p.key in on_front for p in pts)),
             ]
         )
     header = [
@@ -204,20 +222,28 @@ def method_summary_section(points: Sequence[RunPoint], front: Sequence[RunPoint]
     return _table(header, rows, left=3)
 
 
-def runs_table_section(points: Sequence[RunPoint], front: Sequence[RunPoint], footprint_name: str) -> str:
-    on_front = {p.run_id for p in front}
-    ordered = sorted(points, key=lambda p: (p.run_id not in on_front, p.footprint, -p.accuracy, p.run_id))
+def runs_table_section(
+    points: Sequence[RunPoint], front: Sequence[RunPoint], footprint_name: str, metric: str = DEFAULT_METRIC
+) -> str:
+    """Front points first; the ranking ``metric`` column (at the row's precision), then ``test_accuracy`` unless
+    that is the metric."""
+    on_front = {p.key for p in front}
+    ordered = sorted(points, key=lambda p: (p.key not in on_front, p.footprint, -p.accuracy, p.run_id,
+                                            precision_rank(p.precision)))
     shown = ordered[:MAX_TABLE_ROWS]
+    tests = [TEST_METRIC] if metric != TEST_METRIC else []
     rows = [
         [
             _e(p.method),
             _e(p.stage),
             _e(p.dataset),
             _e(p.arch),
-            _e(compare._fmt_ratio(p.ratio)),
-            f"{p.accuracy:.4f}",
+            _e(p.precision),
+            _e(fmt_ratio(p.ratio)),
+            fmt_accuracy(p.accuracy),
+            *(fmt_accuracy(p.test_accuracy) for _ in tests),
             human_bytes(p.footprint),
-            _fmt_comp(p),
+            fmt_compression(p),
             f"<code>{_e(p.run_id)}</code>",
         ]
         for p in shown
@@ -227,21 +253,24 @@ def runs_table_section(points: Sequence[RunPoint], front: Sequence[RunPoint], fo
         "stage",
         "dataset",
         "arch",
+        "precision",
         "ratio",
-        "accuracy",
+        metric,
+        *tests,
         footprint_name,
         "compression",
         "run id",
     ]
-    note = f'<p class="note">Front rows are highlighted. Showing {len(shown)} of {len(points)} runs.</p>'
-    classes = ["front" if p.run_id in on_front else "" for p in shown]
-    return note + _table(header, rows, left=4, classes=classes)
+    note = (f'<p class="note">Front rows are highlighted; a run is a row per precision. Showing {len(shown)} of '
+            f"{len(points)} points.</p>")
+    classes = ["front" if p.key in on_front else "" for p in shown]
+    return note + _table(header, rows, left=5, classes=classes)
 
 
 def fronts_section(points: Sequence[RunPoint], footprint_name: str, metric: str) -> str:
     imgs = []
-    for (dataset, arch), pts in _group(points, "dataset", "arch").items():
-        fig = compare.compare_figure(pts, pareto_front(pts), footprint_name, metric, f"{dataset} / {arch}")
+    for (dataset, arch), pts in group_points(points, "dataset", "arch").items():
+        fig = compare_figure(pts, pareto_front(pts), footprint_name, metric, f"{dataset} / {arch}")
         imgs.append(figure_to_img(fig, f"front {dataset} {arch}"))
     return "\n".join(imgs) or '<p class="note">No runs.</p>'
 
@@ -282,11 +311,74 @@ def ratio_figure(points: Sequence[RunPoint], metric: str, title: str) -> Figure:
 
 
 def ratio_section(points: Sequence[RunPoint], metric: str) -> str:
-    imgs = [
-        figure_to_img(ratio_figure(pts, metric, f"{d} / {a}"), f"ratio {d} {a}")
-        for (d, a), pts in _group(points, "dataset", "arch").items()
-    ]
+    """One accuracy-vs-ratio figure per (dataset, arch, precision): a precision's accuracies share a curve."""
+    groups = group_points(points, "dataset", "arch", "precision")
+    only_fp16 = {k[2] for k in groups} == {"fp16"}
+    imgs = []
+    for (d, a, precision), pts in sorted(groups.items(), key=lambda kv: (*kv[0][:2], precision_rank(kv[0][2]))):
+        title = f"{d} / {a}" if only_fp16 else f"{d} / {a} ({precision})"
+        imgs.append(figure_to_img(ratio_figure(pts, metric, title), f"ratio {d} {a} {precision}"))
     return "\n".join(imgs) or '<p class="note">No runs.</p>'
+
+
+def point_sparsity(p: RunPoint) -> float | None:
+    """Fraction of zero weights of the point's run: the metric ``sparsity_global``, else
+    1 - params_nonzero / params_total, else 0 for an unpruned run, else the pruning ratio; None if unknown."""
+    m = p.metrics
+    if "sparsity_global" in m:
+        return float(m["sparsity_global"])
+    if m.get("params_total") and "params_nonzero" in m:
+        return 1.0 - float(m["params_nonzero"]) / float(m["params_total"])
+    if p.is_unpruned:
+        return 0.0
+    return p.ratio
+
+
+def sparsity_bin(value: float | None, step: float = SPARSITY_BIN) -> float | None:
+    """``value`` rounded (half up) to a multiple of ``step``."""
+    if value is None:
+        return None
+    return round(math.floor(round(value / step, 9) + 0.5) * step, 6)  # round(): 0.95 / 0.1 = 9.4999...
+
+
+def sparsity_precision_cells(points: Sequence[RunPoint]) -> dict[tuple[float | None, str], RunPoint]:
+    """(sparsity bin, precision) -> the most accurate point there (ties: fewer bytes, then run id)."""
+    cells: dict[tuple[float | None, str], RunPoint] = {}
+    for p in points:
+        key = (sparsity_bin(point_sparsity(p)), p.precision)
+        held = cells.get(key)
+        if held is None or (-p.accuracy, p.footprint, p.run_id) < (-held.accuracy, held.footprint, held.run_id):
+            cells[key] = p
+    return cells
+
+
+def sparsity_precision_section(points: Sequence[RunPoint], footprint_name: str) -> str:
+    """Per (dataset, arch) a table: rows sparsity (rounded to SPARSITY_BIN), columns precisions; each cell the
+    best accuracy at that sparsity and precision, and its bytes."""
+    parts = []
+    for (dataset, arch), pts in group_points(points, "dataset", "arch").items():
+        cells = sparsity_precision_cells(pts)
+        precisions = sorted({p for _, p in cells}, key=precision_rank)
+        bins = sorted({b for b, _ in cells}, key=lambda b: (b is None, b or 0.0))
+        rows = []
+        for b in bins:
+            row = ["?" if b is None else f"{b:.{_decimals(SPARSITY_BIN)}f}"]
+            for precision in precisions:
+                p = cells.get((b, precision))
+                row.append("-" if p is None else f"{p.accuracy:.4f}<br><code>{human_bytes(p.footprint)}</code>")
+            rows.append(row)
+        parts.append(f"<h3>{_e(dataset)} / {_e(arch)}</h3>"
+                     + _table(["sparsity", *precisions], rows, left=1))
+    if not parts:
+        return '<p class="note">No runs.</p>'
+    note = (f'<p class="note">Best accuracy and its {_e(footprint_name)} (the precision\'s counterpart) '
+            f"per sparsity (sparsity_global rounded to {SPARSITY_BIN:g}) and precision.</p>")
+    return note + "\n".join(parts)
+
+
+def _decimals(step: float) -> int:
+    text = f"{step:g}"
+    return len(text.split(".")[1]) if "." in text else 0
 
 
 def sparsity_figure(p: RunPoint, sparsity: dict[str, float]) -> Figure:
@@ -315,7 +407,8 @@ def sparsity_section(front: Sequence[RunPoint], details: dict[str, dict[str, Any
 
 
 def breakdown_figure(front: Sequence[RunPoint]) -> Figure | None:
-    shown = [(label, key) for label, key in BREAKDOWN_METRICS if any(key in p.metrics for p in front)]
+    bars = [*((f"params {f.label}", f.metric) for f in FORMATS.values()), *QUANTISED_METRICS, *ACTIVATION_METRICS]
+    shown = [(label, key) for label, key in bars if any(key in p.metrics for p in front)]
     if not shown or not front:
         return None
     models = list(detail_models(front))
@@ -357,7 +450,7 @@ def _row_bytes(row: dict[str, Any], fmt: str) -> str:
 
 
 def tensor_table(doc: dict[str, Any]) -> str:
-    formats = ("fp32", "fp16", "csr_fp16", "bitmask_fp16", "best")
+    formats = tuple(FORMATS)
     rows = [
         [
             _e(r.get("name", "?")),
@@ -402,8 +495,8 @@ def build_report(
     out_dir: str | Path,
     *,
     title: str = "Pruning report",
-    footprint_name: str = "footprint_best_bytes",
-    metric: str = "test_accuracy",
+    footprint_name: str = DEFAULT_FOOTPRINT,
+    metric: str = DEFAULT_METRIC,
     budget_bytes: float | None = None,
     min_accuracy: float | None = None,
     missing: Sequence[tuple[str, str]] = (),
@@ -415,10 +508,11 @@ def build_report(
         ("Answers", answers_section(points, front, budget_bytes, min_accuracy, missing)),
         ("Methods", method_summary_section(points, front)),
         ("Accuracy vs footprint (Pareto front per dataset)", fronts_section(points, footprint_name, metric)),
+        ("Sparsity x precision", sparsity_precision_section(points, footprint_name)),
         ("Accuracy vs pruning ratio", ratio_section(points, metric)),
         ("Per-layer sparsity of the front's models", sparsity_section(front, runs_details)),
         ("Footprint breakdown of the front's models", breakdown_section(front, runs_details)),
-        ("All runs", runs_table_section(points, front, footprint_name)),
+        ("All runs", runs_table_section(points, front, footprint_name, metric)),
     ]
     if missing:
         rows = [[f"<code>{_e(r)}</code>", _e(why)] for r, why in missing]
@@ -437,54 +531,35 @@ def build_report(
     return path
 
 
-def _load_json_artifact(run_id: str, name: str) -> dict[str, Any] | None:
-    try:
-        doc = mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}")
-    except (MlflowException, OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 def fetch_run_details(run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """run id -> {"sparsity": sparsity.json or None, "footprint": footprint.json or None}."""
     return {
         r: {
-            "sparsity": _load_json_artifact(r, "sparsity.json"),
-            "footprint": _load_json_artifact(r, "footprint.json"),
+            "sparsity": artifacts.load_dict(r, "sparsity.json"),
+            "footprint": artifacts.load_dict(r, "footprint.json"),
         }
         for r in run_ids
     }
-
-
-def grouped_front(points: Sequence[RunPoint]) -> list[RunPoint]:
-    """The union of the Pareto fronts of each (dataset, arch): fronts never mix datasets."""
-    front = [p for pts in _group(points, "dataset", "arch").values() for p in pareto_front(pts)]
-    return sorted(front, key=lambda p: (p.dataset, p.arch, p.footprint, -p.accuracy, p.run_id))
 
 
 def run_report(
     experiment_names: list[str],
     out_dir: str | Path | None = None,
     *,
-    dataset: str | None = None,
-    arch: str | None = None,
-    method: str | None = None,
-    filter_string: str | None = None,
-    metric: str = "test_accuracy",
-    footprint: str = "footprint_best_bytes",
-    budget: str | float | None = None,
-    min_accuracy: float | None = None,
     log_run: bool = True,
     log_experiment: str | None = None,
+    **options: Unpack[CompareOptions],
 ) -> ReportResult:
-    """Query, build the HTML and log it as ``report/report.html`` of a ``stage=report`` run."""
+    """Query, build the HTML and log it as ``report/report.html`` of a ``stage=report`` run.
+
+    ``precisions`` (in ``options``): "fp16,int8", a sequence, or None for every precision found (unknown: a
+    ValueError before any query); ``footprint`` may be the shortcut ``best`` / ``total``."""
+    footprint = resolve_footprint(options.get("footprint", DEFAULT_FOOTPRINT))
     if not footprint.endswith("_bytes"):
         raise ValueError(f"report footprint={footprint!r} must be a byte metric (footprint_*_bytes, "
                          "activation_peak_*_bytes, total_fp16_best_bytes)")
-    budget_bytes = compare.parse_budget(budget)
-    points, missing = compare.query_runs(
-        experiment_names, dataset, arch, method, None, filter_string, metric, footprint
-    )
+    chosen = select(experiment_names, options)
+    points, missing = chosen.points, chosen.missing
     front = grouped_front(points)
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="prune-report-"))
     path = build_report(
@@ -494,16 +569,16 @@ def run_report(
         out,
         title=f"Pruning report: {', '.join(experiment_names)}",
         footprint_name=footprint,
-        metric=metric,
-        budget_bytes=budget_bytes,
-        min_accuracy=min_accuracy,
+        metric=chosen.query.metric,
+        budget_bytes=chosen.budget_bytes,
+        min_accuracy=chosen.min_accuracy,
         missing=missing,
     )
     run_id = None
     if log_run:
-        with compare.start_logging_run(log_experiment or experiment_names[0], "report") as run:
-            mlflow.set_tags({"stage": "report", "method": "report"})
-            mlflow.log_metrics({"n_runs": len(points), "n_front": len(front), "n_missing": len(missing)})
-            mlflow.log_artifact(str(path), "report")
+        with artifacts.stage_run("report", log_experiment or experiment_names[0], {"method": "report"}) as run:
+            tracking.log_params({"precisions": ",".join(chosen.precisions)})
+            tracking.log_metrics({"n_runs": len(points), "n_front": len(front), "n_missing": len(missing)})
+            artifacts.log_artifact(path, "report")
             run_id = run.info.run_id
-    return ReportResult(path, run_id, points, front, missing)
+    return ReportResult(path, run_id, points, front, missing, chosen.precisions)

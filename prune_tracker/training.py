@@ -1,6 +1,7 @@
 """Training and evaluation loops: SGD (momentum, nesterov, weight decay), one-cycle or cosine schedule,
-label smoothing, EMA of weights, flip test-time augmentation, channels_last + bf16 autocast on CPUs with
-native bf16, mixed precision on CUDA, per-epoch checkpoints that resume to the same result."""
+learning-rate rewinding for fine-tuning, knowledge distillation from a teacher, label smoothing, EMA of
+weights, flip test-time augmentation, channels_last + bf16 autocast on CPUs with native bf16, mixed
+precision on CUDA, per-epoch checkpoints that resume to the same result."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from tqdm.auto import tqdm
 
 from .data import BatchLoader, DataSplits, ImageSet
 
-SCHEDULES = ("onecycle", "cosine", "constant")
+SCHEDULES = ("onecycle", "cosine", "constant")  # what a model can be trained with (a rewinding parent too)
+# Fine-tuning a pruned model: cosine from `lr` (the default), constant `lr`, or `rewind` (replay the parent's
+# own schedule, Renda et al. 2020; see `rewind_lr`). Every TrainConfig accepts SCHEDULES + "rewind".
+FINETUNE_SCHEDULES = ("cosine", "rewind", "constant")
 
 
 @dataclass
@@ -45,6 +49,19 @@ class TrainConfig:
     # Zero the last BatchNorm gamma of every residual block, so each block starts as the identity
     # (Goyal et al. 2017; torchvision's `zero_init_residual`). Applied by the train job to a fresh model.
     zero_init_residual: bool = False
+    # Knowledge distillation (Hinton et al. 2015) from a teacher given to the Trainer (the unpruned parent):
+    # loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T); alpha 0 = off (plain CE).
+    distill_alpha: float = 0.0
+    distill_temperature: float = 4.0
+    # schedule="rewind": learning-rate rewinding (Renda et al. 2020). The parent's lr / schedule / epochs /
+    # warmup_fraction (read from the parent run) are replayed from `rewind_fraction` of its length to its end,
+    # mapped onto this run's steps; `lr` and `warmup_fraction` above are then unused. rewind_fraction None:
+    # Renda's definition, replay the parent's last `epochs` epochs one step per step (see `rewind_step`).
+    rewind_fraction: float | None = None
+    parent_lr: float = 0.0
+    parent_schedule: str = "onecycle"
+    parent_epochs: float = 0.0
+    parent_warmup_fraction: float = 0.25
     seed: int = 0
 
     def validate(self) -> None:
@@ -57,12 +74,32 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr} must be a finite number > 0")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r} must be one of: {', '.join(SCHEDULES)}")
+        if self.schedule not in (*SCHEDULES, "rewind"):
+            raise ValueError(f"schedule={self.schedule!r} must be one of: {', '.join((*SCHEDULES, 'rewind'))}")
+        if not 0 <= self.warmup_fraction <= 1:
+            raise ValueError(f"warmup_fraction={self.warmup_fraction} must be in [0, 1]")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
+        if not 0 <= self.distill_alpha <= 1:
+            raise ValueError(f"distill_alpha={self.distill_alpha} must be in [0, 1]")
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise ValueError(f"distill_temperature={self.distill_temperature} must be a finite number > 0")
+        if self.schedule == "rewind":
+            self._validate_rewind()
+
+    def _validate_rewind(self) -> None:
+        if self.rewind_fraction is not None and not 0 <= self.rewind_fraction < 1:
+            raise ValueError(f"rewind_fraction={self.rewind_fraction} must be in [0, 1) (or None: auto)")
+        if not (self.parent_lr > 0 and math.isfinite(self.parent_lr)):
+            raise ValueError(f"parent_lr={self.parent_lr} must be a finite number > 0 (the parent run's lr)")
+        if not (self.parent_epochs > 0 and math.isfinite(self.parent_epochs)):
+            raise ValueError(f"parent_epochs={self.parent_epochs} must be a finite number > 0 (the parent run's)")
+        if self.parent_schedule not in SCHEDULES:
+            raise ValueError(f"parent_schedule={self.parent_schedule!r} must be one of: {', '.join(SCHEDULES)}")
+        if not 0 <= self.parent_warmup_fraction <= 1:
+            raise ValueError(f"parent_warmup_fraction={self.parent_warmup_fraction} must be in [0, 1]")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -104,6 +141,107 @@ def parse_resize_schedule(text: str) -> list[tuple[int, float]]:
         end += share
         phases.append((size_px, end))
     return phases
+
+
+def one_cycle_factor(
+    step: float, total_steps: int, warmup_fraction: float, div: float = 25.0, final_div: float = 1e3
+) -> float:
+    """LR multiplier of the linear one-cycle schedule at `step` of `total_steps` (>= 1): from 1/div up to 1
+    at step warmup_fraction * (total_steps - 1), then down to 1/(div * final_div) at the last step.
+    Defined for any step count, unlike torch's OneCycleLR, which divides by zero when the warm-up ends
+    on step 0 (e.g. 4 steps at warmup_fraction 0.25). A single step, or no warm-up, starts at the peak."""
+    last = max(total_steps - 1, 0)
+    step = min(max(step, 0), last)
+    peak = warmup_fraction * last
+    if step <= peak and peak > 0:
+        return 1 / div + (1 - 1 / div) * step / peak
+    if step <= peak:  # peak == 0
+        return 1.0
+    return 1 + (1 / (div * final_div) - 1) * (step - peak) / (last - peak)
+
+
+def schedule_factor(schedule: str, step: float, total_steps: int, warmup_fraction: float) -> float:
+    """LR multiplier of `schedule` (one of SCHEDULES) at `step` of `total_steps`: the one definition the
+    Trainer and learning-rate rewinding share. `step` may be fractional (rewinding interpolates).
+    cosine: (1 + cos(pi * step / total_steps)) / 2, torch's CosineAnnealingLR(T_max=total_steps) in closed
+    form: 1 at step 0, reaching 0 one step past the last."""
+    if schedule == "onecycle":
+        return one_cycle_factor(step, total_steps, warmup_fraction)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(max(step, 0), total_steps) / total_steps))
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"schedule={schedule!r} must be one of: {', '.join(SCHEDULES)}")
+
+
+@dataclass(frozen=True)
+class ParentSchedule:
+    """The learning-rate schedule a parent model was trained with, `total_steps` optimizer steps long."""
+
+    lr: float
+    schedule: str
+    total_steps: int
+    warmup_fraction: float = 0.25
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, steps_per_epoch: int) -> ParentSchedule:
+        """The parent of a `schedule="rewind"` config, its length counted in steps of `steps_per_epoch` (the
+        Trainer's own count, so a parent trained on the same data at the same batch size matches step for step;
+        otherwise the shape, a function of step / total, is replayed at this run's step granularity)."""
+        steps = max(1, math.ceil(config.parent_epochs * steps_per_epoch))
+        return cls(config.parent_lr, config.parent_schedule, steps, config.parent_warmup_fraction)
+
+    def factor(self, step: float) -> float:
+        return schedule_factor(self.schedule, step, self.total_steps, self.warmup_fraction)
+
+    def lr_at(self, step: float) -> float:
+        """The parent's learning rate at (possibly fractional) `step`, as its Trainer ran it."""
+        return self.lr * self.factor(step)
+
+
+def rewind_step(step: int, total_steps: int, parent_steps: int, rewind_fraction: float | None) -> float:
+    """The parent step that step `step` of a `total_steps`-step fine-tune replays (learning-rate rewinding).
+
+    Start s = rewind_fraction * parent_steps, or, with None, s = max(parent_steps - total_steps, 0): Renda et
+    al. 2020 (Sec. 3), retraining for t epochs uses the schedule of the parent's last t epochs. The fine-tune's
+    first step replays s and its last step the parent's last step; linear in between:
+        j(i) = s + i * (parent_steps - 1 - s) / (total_steps - 1)   (j = s for a one-step fine-tune),
+    so when total_steps == parent_steps - s it is the parent's own steps, j = s + i; otherwise the remaining
+    schedule is compressed or stretched onto the fine-tune."""
+    last = max(parent_steps - 1, 0)
+    start = max(parent_steps - total_steps, 0) if rewind_fraction is None else rewind_fraction * parent_steps
+    start = min(start, last)
+    if total_steps <= 1:
+        return start
+    return start + min(max(step, 0), total_steps - 1) * (last - start) / (total_steps - 1)
+
+
+def rewind_lr(step: int, total_steps: int, parent: ParentSchedule, rewind_fraction: float | None = None) -> float:
+    """Learning rate at step `step` of a `total_steps`-step fine-tune that rewinds to `parent`'s schedule."""
+    return parent.lr_at(rewind_step(step, total_steps, parent.total_steps, rewind_fraction))
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)),
+    the KL summed over classes and averaged over the batch (Hinton et al. 2015: T^2 keeps the soft term's
+    gradient scale independent of T). alpha 0 is exactly the cross-entropy."""
+    ce = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    if alpha == 0:
+        return ce
+    kl = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - alpha) * ce + alpha * temperature**2 * kl
 
 
 def warmup_ema(decay: float):
@@ -182,7 +320,10 @@ def evaluate(
 
 class Trainer:
     """Trains a model in place. `state_dict()` / `load_state_dict()` cover everything needed to resume
-    bit-for-bit: weights, optimizer, schedule position, EMA and the data order generator."""
+    bit-for-bit: weights, optimizer, schedule position, EMA and the data order generator (not the teacher).
+
+    `teacher`: a model to distil from when `config.distill_alpha` > 0 (moved to the device, channels_last;
+    run in eval mode under no_grad on the same augmented, resized batch; never updated)."""
 
     def __init__(
         self,
@@ -192,6 +333,7 @@ class Trainer:
         device: torch.device,
         step_callback: Callable[[int, int], None] | None = None,
         progress: bool = True,
+        teacher: nn.Module | None = None,
     ):
         config.validate()
         self.config, self.device, self.splits = config, device, splits
@@ -209,9 +351,10 @@ class Trainer:
         )
         self.steps_per_epoch = max(1, len(self.loader))
         self.total_steps = max(1, math.ceil(config.epochs * self.steps_per_epoch))
+        self.parent = ParentSchedule.from_config(config, self.steps_per_epoch) if config.schedule == "rewind" else None
         self.optimizer = torch.optim.SGD(
             _param_groups(self.model, config),
-            lr=config.lr,
+            lr=self.parent.lr if self.parent is not None else config.lr,
             momentum=config.momentum,
             nesterov=config.nesterov and config.momentum > 0,
             weight_decay=config.weight_decay,
@@ -227,23 +370,26 @@ class Trainer:
         self.step = 0
         self._resize_phases = parse_resize_schedule(config.resize_schedule)
         self.step_callback, self.progress = step_callback, progress
+        self.teacher = None
+        if teacher is not None and config.distill_alpha > 0:
+            self.teacher = teacher.to(device).to(memory_format=torch.channels_last).eval()
 
-    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        c = self.config
-        if c.schedule == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer,
-                max_lr=c.lr,
-                total_steps=self.total_steps,
-                pct_start=c.warmup_fraction,
-                anneal_strategy="linear",
-                div_factor=25.0,
-                final_div_factor=1e3,
-                three_phase=False,
-            )
-        if c.schedule == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_steps)
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        """LR = base lr x a function of the step: `schedule_factor`, or for rewinding the parent's own factor
+        at the replayed step (base lr = the parent's lr, so the LR is exactly `rewind_lr`)."""
+        c, total, parent = self.config, self.total_steps, self.parent
+        if parent is not None:
+            fraction = c.rewind_fraction
+
+            def factor(step: int) -> float:
+                return parent.factor(rewind_step(step, total, parent.total_steps, fraction))
+        else:
+            schedule, warmup = c.schedule, c.warmup_fraction
+
+            def factor(step: int) -> float:
+                return schedule_factor(schedule, step, total, warmup)
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -260,6 +406,8 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         """One pass over the data, or what is left of the budget of `config.epochs`."""
         self.model.train()
+        if self.teacher is not None:
+            self.teacher.eval()
         total_loss, correct, seen = 0.0, 0, 0
         remaining = self.total_steps - self.step
         batches = tqdm(
@@ -295,12 +443,19 @@ class Trainer:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         with _autocast(self.device, self.amp_dtype):
             logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+            if self.teacher is None:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+            else:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(x).float()
+                c = self.config
+                loss = distillation_loss(logits.float(), teacher_logits, y, c.distill_alpha, c.distill_temperature,
+                                         c.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.step + 1 < self.total_steps:  # OneCycleLR extrapolates past its last step
+        if self.step + 1 < self.total_steps:  # the schedules end on the last step
             self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
@@ -324,38 +479,56 @@ class Trainer:
             "config": asdict(self.config),
         }
 
+    def _load_scheduler(self, saved: dict[str, Any]) -> None:
+        if "lr_lambdas" not in saved and isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            # A one-cycle or cosine checkpoint from before `schedule_factor` (torch's OneCycleLR /
+            # CosineAnnealingLR): only the position carries over, the schedule is a function of the step.
+            saved = {**self.scheduler.state_dict(), "last_epoch": saved["last_epoch"]}
+        self.scheduler.load_state_dict(saved)
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self._load_scheduler(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
-        self.loader.generator.set_state(
-            state["data_generator"].to(self.loader.generator.device)
-            if self.device.type != "cpu"
-            else state["data_generator"]
-        )
+        # Generator.set_state takes a CPU ByteTensor whatever the generator's device (CUDA included).
+        self.loader.generator.set_state(state["data_generator"].to("cpu", torch.uint8))
         self.step = int(state["step"])
 
 
+EPOCH_METRICS = ("train_loss", "train_accuracy", "lr", "epoch_seconds", "epoch_val_accuracy", "epoch_val_loss")
+
+
 def fit(trainer: Trainer, on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> None:
-    """Train until the budget of epochs is spent, evaluating on the validation split after each epoch."""
+    """Train until the budget of epochs is spent, evaluating on the validation split after each epoch.
+
+    `on_epoch_end(epoch, metrics)` gets the per-epoch curves named in EPOCH_METRICS. The validation ones
+    are `epoch_val_*` (the training model or EMA, no flip TTA), so they never share a name with the final
+    `val_accuracy` / `val_loss` that the jobs log with the run's TTA setting."""
     while not trainer.done():
         started = time.perf_counter()
         metrics = trainer.train_epoch()
         metrics["epoch_seconds"] = time.perf_counter() - started
         if len(trainer.splits.val):
-            metrics["val_accuracy"], metrics["val_loss"] = evaluate(
+            metrics["epoch_val_accuracy"], metrics["epoch_val_loss"] = evaluate(
                 trainer.eval_model, trainer.splits.val, trainer.splits, trainer.device
             )
         if on_epoch_end is not None:
             on_epoch_end(math.ceil(trainer.epochs_done), metrics)
 
 
-def finetune_fn(splits: DataSplits, config: TrainConfig, device: torch.device, progress: bool = False):
+def finetune_fn(
+    splits: DataSplits,
+    config: TrainConfig,
+    device: torch.device,
+    progress: bool = False,
+    teacher: nn.Module | None = None,
+):
     """A `finetune(model, epochs, step_callback=None)` callable for pruning methods: trains in place with
-    the given recipe (masks attached by torch.nn.utils.prune stay applied)."""
+    the given recipe (masks attached by torch.nn.utils.prune stay applied), distilling from `teacher` when
+    `config.distill_alpha` > 0."""
 
     def finetune(model: nn.Module, epochs: float, step_callback=None) -> None:
         if epochs <= 0:
@@ -367,6 +540,7 @@ def finetune_fn(splits: DataSplits, config: TrainConfig, device: torch.device, p
             device,
             step_callback=step_callback,
             progress=progress,
+            teacher=teacher,
         )
         while not trainer.done():
             trainer.train_epoch()

@@ -1,8 +1,11 @@
-"""Shared test set-up: no network, no ../shared, a throw-away tracking store and data cache per session."""
+"""Shared test set-up: no network, no ../shared, a throw-away tracking store, artifact root and data cache per
+session. The session runs inside its temporary directory: a SQLite store puts artifacts under `./mlruns` of the
+working directory where an experiment is created, so nothing a test logs can land in the checkout."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +20,8 @@ os.environ.pop("MLFLOW_RUN_ID", None)
 # Entry points run `python entrypoints/...`: the python of this environment must come first on PATH.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("MPLBACKEND", "Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from conftest import ...` after the chdir
+os.chdir(_SESSION_DIR)
 
 from mlflow_server import mlflow_server  # noqa: E402,F401  (session-wide real server, started on demand)
 
@@ -52,3 +57,8 @@ def _isolated_mlflow_state(monkeypatch):
     while mlflow.active_run() is not None:
         mlflow.end_run()
     fluent._active_experiment_id = None
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if not os.environ.get("PRUNE_TRACKER_KEEP_TEST_DIR"):
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)

@@ -1,7 +1,10 @@
-"""The `prune-tracker` CLI in-process: one-line errors for bad input (exit 2, no run left RUNNING), resume
-after an interrupted training run, and the `main` pipeline (reuse on rerun, registry champion)."""
+"""The `prune-tracker` CLI in-process: one-line errors for bad input (exit 2, no traceback, no run left RUNNING),
+hints that name what the command accepts, resume after an interrupted training run, and the `main` pipeline
+(reuse on rerun, rerun after a change or a failure, registry champion chosen on validation)."""
 
 from __future__ import annotations
+
+import re
 
 import mlflow
 import pytest
@@ -12,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from prune_tracker import jobs, tracking
 from prune_tracker.cli import cli
 from prune_tracker.models import build_model
+from prune_tracker.pruning import get_method
 from prune_tracker.training import Trainer
 
 QUICK = ["--dataset", "synthetic", "--train-subset", "1000", "--val-size", "200", "--device", "cpu",
@@ -20,6 +24,18 @@ QUICK = ["--dataset", "synthetic", "--train-subset", "1000", "--val-size", "200"
 
 def invoke(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def run_id_of(output: str, stage: str) -> str:
+    return re.search(rf"{stage} run ([0-9a-f]{{32}}) finished", output).group(1)
+
+
+def assert_one_line_error(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    assert message in lines[0]
 
 
 def running_runs() -> list:
@@ -33,8 +49,8 @@ def trained_uri():
     result = invoke("train", *QUICK, "--epochs", "3", "--batch-size", "64", "--lr", "0.1", "--ema-decay", "0.9",
                     "--experiment-name", "cli")
     assert result.exit_code == 0, result.output
-    run_id = result.output.strip().split()[-2]
-    return f"runs:/{run_id}/model"
+    assert "#/experiments/" in result.output, "each command prints the link to its runs page"
+    return f"runs:/{run_id_of(result.output, 'train')}/model"
 
 
 @pytest.mark.parametrize("args,message", [
@@ -58,20 +74,52 @@ def trained_uri():
     (["main", "--arch", "vgg11_bn", "--zero-init-residual", "true"], "zero_init_residual applies to ResNets"),
     (["main", "--arch", "resnet21"], "unknown arch 'resnet21'; known: resnet20"),
     (["train", "--bn-weight-decay", "maybe"], "'maybe' is not a valid boolean"),
+    (["train", "--val-size", "lots"], "'lots' is not allowed; expected 'auto' or an integer >= 0"),
+    (["train", "--no-such-option"], "No such option '--no-such-option'"),
+    (["evaluate"], "Missing option '--model-uri'"),
+    (["prune", "--model-uri", "x", "--method", "global_l1", "--epochs", "3"], "unknown option(s) epochs"),
+    (["main", "--budget", "3/2"], "budget='3/2': a fraction of the base must be in (0, 1]"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_running_run(args, message):
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 2, result.output
-    assert message in result.output
+    assert_one_line_error(CliRunner().invoke(cli, args), message)
     assert not running_runs()
+
+
+def test_a_uri_loads_what_it_names(trained_uri):
+    run_id = trained_uri.split("/")[1]
+    result = CliRunner().invoke(cli, ["evaluate", "--model-uri", f"runs:/{run_id}/no_such_thing", *QUICK])
+    assert_one_line_error(result, f"run {run_id} has no loadable model 'no_such_thing'; loadable: model")
+
+
+def test_a_conflicting_arch_names_both(trained_uri):
+    result = CliRunner().invoke(cli, ["evaluate", "--model-uri", trained_uri, "--arch", "vgg16_bn", *QUICK])
+    assert_one_line_error(result, "arch='vgg16_bn' conflicts with")
+    assert "logged as arch='resnet20'" in result.output
+
+
+def test_each_hint_names_something_the_command_accepts(tmp_path, trained_uri):
+    """Follow every hint an error gives, literally, and the command must then succeed."""
+    state = tmp_path / "plain.pt"
+    torch.save(tracking.load_model(trained_uri).model.state_dict(), state)
+    extras = {"prune": ["--method", "global_l1"], "finetune": ["--epochs", "0.1"], "evaluate": []}
+    for command, extra in extras.items():
+        args = [command, "--model-uri", str(state), *extra, *QUICK, "--experiment-name", "hints"]
+        refused = CliRunner().invoke(cli, args)
+        assert_one_line_error(refused, "pass arch=<name>")
+        assert invoke(*args, "--arch", "resnet20").exit_code == 0
+    split = ["prune", "--model-uri", trained_uri, "--method", "global_l1", "--seed", "7", "--device", "cpu",
+             "--no-progress", "--experiment-name", "hints"]
+    refused = CliRunner().invoke(cli, split)
+    assert_one_line_error(refused, "seed=7 differs from the parent run's seed=0")
+    assert "pass new_split=true" in refused.output
+    assert invoke(*split, "--new-split", "true").exit_code == 0
 
 
 def test_state_dict_of_another_architecture(tmp_path):
     path = tmp_path / "resnet32.pt"
     torch.save(build_model("resnet32").state_dict(), path)
     result = CliRunner().invoke(cli, ["evaluate", "--model-uri", str(path), "--arch", "resnet20", *QUICK])
-    assert result.exit_code == 2
-    assert "does not fit architecture 'resnet20'" in result.output
+    assert_one_line_error(result, "does not fit architecture 'resnet20'")
 
 
 def test_local_state_dict_file_evaluates(tmp_path, trained_uri):
@@ -122,26 +170,131 @@ def test_resume_after_interruption_reaches_the_same_weights(monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_main_pipeline_end_to_end_reuses_finished_steps():
+def _step_statuses(experiment: str) -> list[tuple[str, str]]:
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment).experiment_id
+    return sorted((r.data.tags.get("pipeline_step", ""), r.info.status)
+                  for r in client.search_runs([exp], "tags.stage = 'prune'"))
+
+
+def test_main_pipeline_failure_reuse_and_change(monkeypatch):
     args = ["main", *QUICK, "--epochs", "3", "--batch-size", "64", "--lr", "0.1", "--methods", "global_l1,li_filters",
             "--ratios", "0.5,0.8", "--finetune-epochs", "0.3", "--experiment-name", "pipeline",
             "--registered-name", "pipeline-test"]
-    first = invoke(*args)
-    assert first.exit_code == 0, first.output
-    assert "champion: models:/pipeline-test@champion" in first.output
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name("pipeline").experiment_id
-    stages = [r.data.tags.get("stage") for r in client.search_runs([experiment])]
-    assert stages.count("prune") == 4 and stages.count("train") == 1 and "compare" in stages and "report" in stages
-    versions = client.search_model_versions("name='pipeline-test'")
+    li_filters = type(get_method("li_filters"))
+    original = li_filters._prune
+
+    def fails_at_08(self, model, ratio, ctx, **opts):
+        if ratio == 0.8:
+            raise RuntimeError("injected failure")
+        return original(self, model, ratio, ctx, **opts)
+
+    monkeypatch.setattr(li_filters, "_prune", fails_at_08)
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 2 and "prune-li_filters-0.8: injected failure" in first.output, first.output
+    assert _step_statuses("pipeline") == [("prune-global_l1-0.5", "FINISHED"), ("prune-global_l1-0.8", "FINISHED"),
+                                          ("prune-li_filters-0.5", "FINISHED"), ("prune-li_filters-0.8", "FAILED")]
+    monkeypatch.setattr(li_filters, "_prune", original)
+
     second = invoke(*args)
     assert second.exit_code == 0, second.output
-    assert "(6 reused)" in second.output  # train, evaluate-base and the 4 prune steps
-    assert len(client.search_model_versions("name='pipeline-test'")) == len(versions)
-    runs_after = client.search_runs([experiment], "tags.stage = 'prune'")
-    assert len(runs_after) == 4, "prune steps were reused, not rerun"
+    assert "(5 reused)" in second.output  # train, evaluate-base and the 3 finished prune steps; the failed one reran
+    assert [s for s in _step_statuses("pipeline") if s[1] == "FINISHED"][-1] == ("prune-li_filters-0.8", "FINISHED")
+    assert "champion: models:/pipeline-test@champion" in second.output
+    client = MlflowClient()
+    compare_runs = client.search_runs([client.get_experiment_by_name("pipeline").experiment_id],
+                                      "tags.stage = 'compare'", order_by=["attributes.start_time DESC"])
+    assert compare_runs[0].data.params["metric"] == "val_accuracy", "the champion is chosen on validation"
+    versions = client.search_model_versions("name='pipeline-test'")
+
+    third = invoke(*args)
+    assert "(6 reused)" in third.output and len(client.search_model_versions("name='pipeline-test'")) == len(versions)
+
+    changed = invoke(*args, "--finetune-lr", "0.02")
+    assert changed.exit_code == 0, changed.output
+    assert "(2 reused)" in changed.output  # a changed prune parameter reruns the prune steps only
+    assert len(client.search_runs([compare_runs[0].info.experiment_id], "tags.stage = 'prune'")) == 9
+
     model = mlflow.pytorch.load_model("models:/pipeline-test@champion")
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
-    evaluated = invoke("evaluate", "--model-uri", "models:/pipeline-test@champion", *QUICK,
-                       "--experiment-name", "pipeline")
+    evaluated = invoke("evaluate", "--model-uri", "models:/pipeline-test@champion", "--device", "cpu",
+                       "--no-progress", "--experiment-name", "pipeline")
     assert evaluated.exit_code == 0, evaluated.output
+
+
+# ------------------------------------------------------------------------------------------ precisions
+
+
+def test_precisions_qat_and_the_int8_artifact(trained_uri, monkeypatch):
+    """prune with QAT measures every precision; the deployable int8 file reloads (no unpickling) and reproduces
+    test_accuracy_int8; w8a8 calibration reads validation images, never test ones."""
+    calibrated_on = []
+    original_measure = jobs.measure_precisions
+
+    def recording_measure(model, precisions, evaluate, calibration_batches=None, activation_peak_fp32_bytes=None):
+        calibrated_on.append(sum(len(y) for _, y in calibration_batches()))
+        return original_measure(model, precisions, evaluate, calibration_batches, activation_peak_fp32_bytes)
+
+    monkeypatch.setattr(jobs, "measure_precisions", recording_measure)
+    result = invoke("prune", "--model-uri", trained_uri, "--method", "lamp", "--ratio", "0.8", "--finetune-epochs",
+                    "0.3", "--qat", "int8", "--device", "cpu", "--no-progress", "--experiment-name", "precisions")
+    assert result.exit_code == 0, result.output
+    run = MlflowClient().get_run(run_id_of(result.output, "prune"))
+    metrics = run.data.metrics
+    assert run.data.params["qat"] == "int8"
+    for p in ("fp16", "int8", "int4"):
+        expected = {f"test_accuracy_{p}", f"val_accuracy_{p}", f"footprint_best_{p}_bytes", f"micronet_score_{p}"}
+        assert expected <= set(metrics)
+    assert metrics["footprint_best_int4_bytes"] < metrics["footprint_best_int8_bytes"] < metrics["footprint_best_bytes"]
+    assert metrics["total_w8a8_bytes"] == metrics["footprint_best_int8_bytes"] + metrics["activation_peak_int8_bytes"]
+    for p in ("int8", "int4"):
+        assert abs(metrics[f"file_best_{p}_bytes"] / metrics[f"footprint_best_{p}_bytes"] - 1) < 0.05
+
+    splits = jobs.DataOptions("synthetic", None, 1000, 200, 0).load()
+    assert calibrated_on == [len(splits.val)] and len(splits.val) not in (len(splits.test), len(splits.train))
+
+    evaluated = invoke("evaluate", "--model-uri", f"runs:/{run.info.run_id}/model_int8", "--device", "cpu",
+                       "--no-progress", "--precisions", "", "--experiment-name", "precisions")
+    assert evaluated.exit_code == 0, evaluated.output
+    reproduced = MlflowClient().get_run(run_id_of(evaluated.output, "evaluate")).data.metrics["test_accuracy"]
+    assert reproduced == pytest.approx(metrics["test_accuracy_int8"], abs=0.001)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--precisions", "int3"], "unknown precision 'int3'; allowed: fp16, int8, int4"),
+    (["prune", "--model-uri", "x", "--qat", "fp8"], "'fp8' is not one of 'none', 'int8', 'int4'"),
+    (["finetune", "--model-uri", "x", "--qat", "fp8"], "'fp8' is not one of 'none', 'int8', 'int4'"),
+])
+def test_bad_precision_input(args, message):
+    assert_one_line_error(CliRunner().invoke(cli, args), message)
+    assert not running_runs()
+
+
+def test_exceptions_mid_prune_and_mid_registration_end_their_runs_failed(trained_uri, monkeypatch):
+    lamp = type(get_method("lamp"))
+
+    def broken(self, model, ratio, ctx, **opts):
+        raise RuntimeError("out of memory mid-prune")
+
+    monkeypatch.setattr(lamp, "_prune", broken)
+    result = CliRunner().invoke(cli, ["prune", "--model-uri", trained_uri, "--method", "lamp", "--device", "cpu",
+                                      "--no-progress", "--experiment-name", "mid-failures"])
+    assert isinstance(result.exception, RuntimeError)
+    monkeypatch.undo()
+
+    from prune_tracker.tracking import registry
+
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("registry unreachable")
+
+    monkeypatch.setattr(registry.mlflow, "register_model", refuse)
+    result = CliRunner().invoke(cli, ["compare", "--experiment-names", "cli", "--register", "true",
+                                      "--registered-name", "mid-failure-model", "--metric", "test_accuracy"])
+    assert isinstance(result.exception, RuntimeError)
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id for name in ("mid-failures", "cli")],
+                              "tags.stage IN ('prune', 'compare')")
+    statuses = {(r.data.tags["stage"], r.info.status) for r in runs}
+    assert ("prune", "FAILED") in statuses and ("compare", "FAILED") in statuses
+    assert not running_runs()
+    assert not client.search_model_versions("name='mid-failure-model'"), "no orphan registry version"

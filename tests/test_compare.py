@@ -1,5 +1,6 @@
 """compare: Pareto front (property test), budget/floor edges, querying a local SQLite store and a real server,
-missing metrics, bad filters, and idempotent registration of the front."""
+missing metrics, bad filters, the ratio a run reached, ranking on validation, and idempotent registration of
+the front (with rollback)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import json  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -22,9 +24,12 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow_server import mlflow_server as _server_fixture  # noqa: E402, F401 (fixture 'mlflow_server')
 from torch import nn  # noqa: E402
 
-from prune_tracker import compare  # noqa: E402
-from prune_tracker.tracking import registry  # noqa: E402
-from prune_tracker.compare import RunPoint  # noqa: E402
+from prune_tracker import compare, frontier  # noqa: E402
+from prune_tracker.footprint import FORMATS, StorageFormat  # noqa: E402
+from prune_tracker.footprint.formats import FP32  # noqa: E402
+from prune_tracker.frontier import RunPoint  # noqa: E402
+from prune_tracker.tracking import queries, registry  # noqa: E402
+from prune_tracker.tracking.queries import RunQuery, query_runs  # noqa: E402
 
 # ----------------------------------------------------------------------------------------- helpers
 
@@ -64,22 +69,30 @@ def log_fake_run(
     ratio: float | None = None,
     parent: str | None = None,
     accuracy: float | None = 0.9,
+    test_accuracy: float | None = None,
     footprint: float | None = 1000.0,
     dataset: str = "cifar10",
     arch: str = "tiny",
     status: str = "FINISHED",
     with_model: bool = False,
+    extra_metrics: dict[str, float] | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> str:
-    """A run shaped like the prune/train entry points' runs (tags, params, metrics, artifacts)."""
-    tags = {"stage": stage, "method": method, "dataset": dataset, "arch": arch}
+    """A run shaped like the prune/train entry points' runs (tags, params, metrics, artifacts).
+
+    ``accuracy`` is the validation accuracy (the default ranking metric); the test accuracy is
+    ``test_accuracy``, or ``accuracy - 0.01`` when not given.
+    """
+    tags = {"stage": stage, "method": method, "dataset": dataset, "arch": arch} | (extra_tags or {})
     if parent:
         tags["parent_run_id"] = parent
     run_id = client.create_run(experiment_id, tags=tags, run_name=f"{stage}-{method}-{ratio}").info.run_id
     params = {"dataset": dataset, "arch": arch, "method": method} | ({"ratio": str(ratio)} if ratio else {})
-    metrics = {"val_accuracy": (accuracy or 0) - 0.01, "params_total": 148.0, "flops_dense": 1e4,
-               "activation_peak_fp32_bytes": 4096.0, "activation_peak_fp16_bytes": 2048.0}  # fmt: skip
+    metrics = {"params_total": 148.0, "flops_dense": 1e4, "activation_peak_fp32_bytes": 4096.0,
+               "activation_peak_fp16_bytes": 2048.0} | (extra_metrics or {})  # fmt: skip
     if accuracy is not None:
-        metrics["test_accuracy"] = accuracy
+        metrics |= {"val_accuracy": accuracy, "test_accuracy": accuracy - 0.01 if test_accuracy is None
+                    else test_accuracy}  # fmt: skip
     if footprint is not None:
         metrics |= {"footprint_best_bytes": footprint, "footprint_fp32_bytes": 4 * footprint,
                     "footprint_fp16_bytes": 2 * footprint, "footprint_csr_fp16_bytes": 1.5 * footprint,
@@ -130,9 +143,21 @@ def local_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mlflow
 
 
 def point(
-    run_id: str, footprint: float, accuracy: float, method: str = "m", stage: str = "prune"
+    run_id: str,
+    footprint: float,
+    accuracy: float,
+    method: str = "m",
+    stage: str = "prune",
+    test_accuracy: float | None = None,
 ) -> RunPoint:
-    return RunPoint(run_id, "e", method, 0.5, stage, "cifar10", "tiny", accuracy, footprint)
+    metrics = {} if test_accuracy is None else {"test_accuracy": test_accuracy}
+    return RunPoint(run_id, "e", method, 0.5, stage, "cifar10", "tiny", accuracy, footprint, metrics=metrics)
+
+
+def table_line(table: str, run_id: str) -> list[str]:
+    """The cells of the table line of ``run_id`` (the front marker column dropped)."""
+    line = next(x for x in table.splitlines() if x.endswith(run_id))
+    return line.removeprefix("*").split()
 
 
 # ------------------------------------------------------------------------------------ pure functions
@@ -150,7 +175,7 @@ def brute_force_front(points: list[RunPoint]) -> set[str]:
 @given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 8)), max_size=40))
 def test_pareto_front_matches_brute_force(pairs: list[tuple[int, int]]) -> None:
     points = [point(f"r{i:03d}", float(f), a / 8) for i, (f, a) in enumerate(pairs)]
-    front = compare.pareto_front(points)
+    front = frontier.pareto_front(points)
     assert {p.run_id for p in front} == brute_force_front(points)
     assert [p.footprint for p in front] == sorted(p.footprint for p in front)
     accs = [p.accuracy for p in front]  # along the front accuracy never decreases with footprint
@@ -159,55 +184,99 @@ def test_pareto_front_matches_brute_force(pairs: list[tuple[int, int]]) -> None:
 
 def test_pareto_front_ties_keep_exact_duplicates_only() -> None:
     pts = [point("a", 100, 0.9), point("b", 100, 0.9), point("c", 200, 0.9), point("d", 100, 0.8)]
-    assert [p.run_id for p in compare.pareto_front(pts)] == ["a", "b"]
-    assert compare.pareto_front([]) == []
+    assert [p.run_id for p in frontier.pareto_front(pts)] == ["a", "b"]
+    assert frontier.pareto_front([]) == []
 
 
 def test_budget_and_floor_edges() -> None:
     pts = [point("b", 100, 0.8), point("a", 100, 0.8), point("c", 50, 0.8), point("d", 300, 0.95)]
-    assert compare.best_under_budget(pts, 49) is None
-    assert compare.best_under_budget(pts, 50).run_id == "c"  # budget is inclusive
-    assert compare.best_under_budget(pts, 299).run_id == "c"  # accuracy tie -> smaller footprint
-    assert compare.best_under_budget(pts, 300).run_id == "d"
-    assert compare.best_under_budget([point("b", 100, 0.8), point("a", 100, 0.8)], 100).run_id == "a"
-    assert compare.smallest_above_floor(pts, 0.96) is None
-    assert compare.smallest_above_floor(pts, 0.95).run_id == "d"  # floor is inclusive
-    assert compare.smallest_above_floor(pts, 0.5).run_id == "c"
+    assert frontier.best_under_budget(pts, 49) is None
+    assert frontier.best_under_budget(pts, 50).run_id == "c"  # budget is inclusive
+    assert frontier.best_under_budget(pts, 299).run_id == "c"  # accuracy tie -> smaller footprint
+    assert frontier.best_under_budget(pts, 300).run_id == "d"
+    assert frontier.best_under_budget([point("b", 100, 0.8), point("a", 100, 0.8)], 100).run_id == "a"
+    assert frontier.smallest_above_floor(pts, 0.96) is None
+    assert frontier.smallest_above_floor(pts, 0.95).run_id == "d"  # floor is inclusive
+    assert frontier.smallest_above_floor(pts, 0.5).run_id == "c"
     tie = [point("z", 10, 0.7), point("y", 10, 0.9), point("x", 10, 0.9)]
-    assert compare.smallest_above_floor(tie, 0.6).run_id == "x"  # footprint tie -> accuracy, then run id
-    assert compare.best_under_budget([], 1e9) is None
+    assert frontier.smallest_above_floor(tie, 0.6).run_id == "x"  # footprint tie -> accuracy, then run id
+    assert frontier.best_under_budget([], 1e9) is None
+
+
+def test_answer_asks_only_the_questions_given() -> None:
+    pts = [point("small", 50, 0.7), point("mid", 100, 0.85, test_accuracy=0.84), point("big", 300, 0.95)]
+    floor_only = frontier.answer(pts, None, 0.8)
+    assert floor_only.best_under_budget is None and floor_only.smallest_above_floor.run_id == "mid"
+    assert floor_only.champion.run_id == "mid"
+    both = frontier.answer(pts, 60.0, 0.8)
+    assert (both.best_under_budget.run_id, both.champion.run_id) == ("small", "small")  # budget wins
+    doc = floor_only.to_dict()
+    assert doc["budget_bytes"] is None and doc["best_under_budget"] is None and doc["min_accuracy"] == 0.8
+    assert doc["smallest_above_floor"] == {
+        "run_id": "mid", "experiment": "e", "method": "m", "ratio": 0.5, "stage": "prune", "dataset": "cifar10",
+        "arch": "tiny", "accuracy": 0.85, "footprint": 100, "parent_run_id": None, "root_run_id": None,
+        "root_footprint": None, "precision": "fp16", "compression": None, "test_accuracy": 0.84,
+    }  # fmt: skip
+    assert frontier.answer(pts, None, None) == frontier.Answers()
 
 
 def test_budget_parsing_uses_footprint_units() -> None:
-    try:
-        from prune_tracker.footprint import parse_bytes
-    except ImportError:  # until footprint/__init__.py re-exports it
-        from prune_tracker.footprint.units import parse_bytes
-    assert compare.parse_bytes is parse_bytes
-    for text in ("1.5MB", "300 KiB", "2MiB", "1GB", "512"):
-        assert compare.parse_budget(text) == pytest.approx(float(parse_bytes(text)))
-    assert compare.parse_budget("2KiB") == 2048
-    assert compare.parse_budget(1234) == 1234.0
-    assert compare.parse_budget(None) is None
-    with pytest.raises(ValueError):
-        compare.parse_budget("a lot")
+    expected = {"1.5MB": 1_500_000, "300 KiB": 307_200, "2MiB": 2_097_152, "1GB": 1_000_000_000, "512": 512,
+                "2KiB": 2048}  # fmt: skip
+    for text, value in expected.items():
+        assert frontier.parse_budget(text) == value
+    assert frontier.parse_budget(1234) == 1234.0
+    assert frontier.parse_budget(None) is None
+    with pytest.raises(ValueError, match="'a lot'"):
+        frontier.parse_budget("a lot")
+
+
+def test_one_dataset_check() -> None:
+    frontier.check_one_dataset([point("a", 1, 0.5), point("b", 2, 0.6)])
+    other = replace(point("c", 3, 0.7), dataset="cifar100")
+    with pytest.raises(ValueError, match=r"2 datasets \(cifar10, cifar100\)"):
+        frontier.check_one_dataset([point("a", 1, 0.5), other])
 
 
 def test_table_csv_json_and_figure() -> None:
     pts = [
-        point("a", 1000, 0.9, "l1"),
-        point("b", 500, 0.8, "random"),
+        point("a", 1000, 0.9, "l1", test_accuracy=0.89),
+        point("b", 500, 0.8, "random", test_accuracy=0.79),
         point("t", 4000, 0.91, "none", "train"),
     ]
-    front = compare.pareto_front(pts)
+    front = frontier.pareto_front(pts)
     text = compare.format_table(pts, "footprint_best_bytes", front)
-    assert text.splitlines()[0].split()[:3] == ["method", "ratio", "accuracy"] and "b" in text
+    lines = text.splitlines()
+    assert lines[0].split() == ["method", "ratio", "precision", "val_accuracy", "test_accuracy",
+                                "footprint_best_bytes", "compression", "run", "id"]  # fmt: skip
+    assert [line[0] for line in lines[2:]] == ["*", "*", "*"]  # all three are on the front
+    assert table_line(text, "b") == ["random", "0.5", "fp16", "0.8000", "0.7900", "500", "B", "-", "b"]
+    assert table_line(text, "t") == ["none", "0.5", "fp16", "0.9100", "-", "4", "KB", "-", "t"]  # no test metric
     rows = compare.table_rows(pts, "footprint_best_bytes", front)
     assert [r["run_id"] for r in rows] == ["b", "a", "t"] and all(r["front"] for r in rows)
-    assert compare.rows_to_csv(rows).splitlines()[0].startswith("front,method,stage,ratio,accuracy")
+    assert [r["test_accuracy"] for r in rows] == [0.79, 0.89, None]
+    header = compare.rows_to_csv(rows).splitlines()[0]
+    assert header.startswith("front,method,stage,precision,ratio,accuracy,test_accuracy,footprint,")
+    assert header.endswith(",accuracy_metric,footprint_metric")
     assert json.loads(compare.rows_to_json(rows))[0]["footprint_bytes"] == 500
     fig = compare.compare_figure(pts, front, "footprint_best_bytes")
     assert fig.axes[0].get_xscale() == "log"
+
+
+def test_table_ranked_by_test_accuracy_has_no_second_test_column() -> None:
+    pts = [point("a", 1000, 0.9, "l1", test_accuracy=0.7)]
+    text = compare.format_table(pts, "footprint_best_bytes", metric="test_accuracy")
+    assert text.splitlines()[0].split() == ["method", "ratio", "precision", "test_accuracy",
+                                            "footprint_best_bytes", "compression", "run", "id"]  # fmt: skip
+    assert table_line(text, "a") == ["l1", "0.5", "fp16", "0.9000", "1", "KB", "-", "a"]
+    assert "test_accuracy" not in compare.table_rows(pts, "footprint_best_bytes", metric="test_accuracy")[0]
+
+
+def test_a_new_storage_format_is_a_comparable_metric(monkeypatch) -> None:
+    with pytest.raises(ValueError, match="unknown footprint metric 'footprint_bitmask_fp32_bytes'"):
+        queries.validate_metric_names("val_accuracy", "footprint_bitmask_fp32_bytes")
+    monkeypatch.setitem(FORMATS, "bitmask_fp32", StorageFormat("bitmask_fp32", "bitmask fp32", FP32, ("bitmask",)))
+    queries.validate_metric_names("val_accuracy", "footprint_bitmask_fp32_bytes")
 
 
 # ------------------------------------------------------------------------------------- local store
@@ -215,7 +284,7 @@ def test_table_csv_json_and_figure() -> None:
 
 def test_query_runs_reports_missing_and_roots(local_lab: tuple[MlflowClient, dict[str, str]]) -> None:
     _, ids = local_lab
-    points, missing = compare.query_runs(["lab"])
+    points, missing = query_runs(RunQuery(["lab"]))
     by_id = {p.run_id: p for p in points}
     assert set(by_id) == {ids[k] for k in ("train", "l1_50", "l1_90", "random_50", "ft_90")}
     assert missing == [(ids["no_fp"], "missing metric footprint_best_bytes")]
@@ -223,31 +292,63 @@ def test_query_runs_reports_missing_and_roots(local_lab: tuple[MlflowClient, dic
     assert by_id[ids["ft_90"]].compression == pytest.approx(10.0)
     assert by_id[ids["train"]].compression == pytest.approx(1.0)
     assert by_id[ids["l1_50"]].ratio == 0.5 and by_id[ids["l1_50"]].method == "l1"
-    front = compare.pareto_front(points)
+    assert by_id[ids["l1_50"]].accuracy == 0.90  # val_accuracy: the default ranking metric
+    front = frontier.pareto_front(points)
     assert [p.run_id for p in front] == [ids["ft_90"], ids["l1_50"], ids["train"]]
 
 
 def test_query_runs_filters_and_pages(local_lab: tuple[MlflowClient, dict[str, str]], monkeypatch) -> None:
     _, ids = local_lab
-    points, _ = compare.query_runs(
-        ["lab"], method="l1", stage="prune", filter_string="metrics.test_accuracy > 0.85"
-    )
-    assert [p.run_id for p in points] == [ids["l1_50"]]
+    query = RunQuery(["lab"], method="l1", stage="prune", filter_string="metrics.test_accuracy > 0.85")
+    points, _ = query_runs(query)
+    assert [p.run_id for p in points] == [ids["l1_50"]]  # test accuracies: l1_50 0.89, l1_90 0.79
     assert points[0].root_footprint == 8000  # parent fetched although filtered out of the candidates
-    monkeypatch.setattr(compare, "PAGE_SIZE", 2)
-    paged, missing = compare.query_runs(["lab"], metric="val_accuracy")
-    assert len(paged) == 5 and len(missing) == 1 and all(p.accuracy < 0.92 for p in paged)
+    monkeypatch.setattr(queries, "PAGE_SIZE", 2)
+    paged, missing = query_runs(RunQuery(["lab"], metric="test_accuracy"))
+    assert len(missing) == 1
+    expected = {"train": 0.91, "l1_50": 0.89, "l1_90": 0.79, "random_50": 0.84, "ft_90": 0.87}
+    assert {p.run_id: p.accuracy for p in paged} == pytest.approx({ids[k]: v for k, v in expected.items()})
 
 
 def test_query_runs_errors(local_lab: tuple[MlflowClient, dict[str, str]]) -> None:
     with pytest.raises(ValueError, match=r"unknown experiment\(s\) nope; known: .*lab"):
-        compare.query_runs(["nope"])
+        query_runs(RunQuery(["nope"]))
     with pytest.raises(ValueError, match="unknown footprint metric 'bytes'; allowed: footprint_fp32_bytes"):
-        compare.query_runs(["lab"], footprint="bytes")
+        query_runs(RunQuery(["lab"], footprint="bytes"))
     for bad in ("metrics.test_accuracy >>> 1", "tags.stage = prune", "nonsense"):
         with pytest.raises(ValueError, match="invalid MLflow filter") as info:
-            compare.query_runs(["lab"], filter_string=bad)
+            query_runs(RunQuery(["lab"], filter_string=bad))
         assert "\n" not in str(info.value) and bad in str(info.value)
+
+
+def test_ratio_is_the_metric_then_the_tag_then_the_param(local_lab: tuple[MlflowClient, dict[str, str]]) -> None:
+    client, _ = local_lab
+    exp_id = client.create_experiment("ratios")
+    log = partial(log_fake_run, client, exp_id, stage="prune", method="l1", ratio=0.5)  # param ratio "0.5"
+    searched = log(footprint=100, extra_metrics={"ratio": 0.73}, extra_tags={"ratio": "0.6"})
+    tagged = log(footprint=200, extra_tags={"ratio": "0.6"})
+    plain = log(footprint=300)
+    unpruned = log_fake_run(client, exp_id, stage="train", footprint=400)
+    points, _ = query_runs(RunQuery(["ratios"]))
+    assert {p.run_id: p.ratio for p in points} == {searched: 0.73, tagged: 0.6, plain: 0.5, unpruned: None}
+    table = compare.run_compare(["ratios"], log_run=False).table
+    assert table_line(table, searched)[:2] == ["l1", "0.73"]
+    assert table_line(table, unpruned)[:2] == ["none", "-"]
+
+
+def test_runs_are_ranked_on_validation_with_test_beside(local_lab: tuple[MlflowClient, dict[str, str]]) -> None:
+    client, _ = local_lab
+    exp_id = client.create_experiment("val-vs-test")
+    log = partial(log_fake_run, client, exp_id, stage="prune", method="l1", footprint=1000)
+    val_best = log(ratio=0.5, accuracy=0.90, test_accuracy=0.80)
+    test_best = log(ratio=0.6, accuracy=0.85, test_accuracy=0.88)
+    result = compare.run_compare(["val-vs-test"], budget=1000, log_run=False)
+    assert result.metric == "val_accuracy" and result.best_under_budget.run_id == val_best
+    assert [p.run_id for p in result.front] == [val_best]
+    assert table_line(result.table, val_best)[2:5] == ["fp16", "0.9000", "0.8000"]  # val_accuracy, test_accuracy
+    assert table_line(result.table, test_best)[2:5] == ["fp16", "0.8500", "0.8800"]
+    on_test = compare.run_compare(["val-vs-test"], budget=1000, metric="test_accuracy", log_run=False)
+    assert on_test.best_under_budget.run_id == test_best
 
 
 def test_run_compare_logs_compare_run(local_lab: tuple[MlflowClient, dict[str, str]]) -> None:
@@ -256,13 +357,17 @@ def test_run_compare_logs_compare_run(local_lab: tuple[MlflowClient, dict[str, s
     assert result.best_under_budget.run_id == ids["ft_90"]
     assert result.smallest_above_floor.run_id == ids["l1_50"]
     run = client.get_run(result.run_id)
-    assert run.data.tags["stage"] == "compare"
+    assert run.data.tags["stage"] == "compare" and run.data.tags["budget_winner_run_id"] == ids["ft_90"]
+    assert run.data.params["metric"] == "val_accuracy" and run.data.params["budget_bytes"] == "1024.0"
     assert run.data.metrics == {"n_runs": 5.0, "n_front": 3.0, "n_missing": 1.0,
                                 "budget_winner_accuracy": 0.88, "budget_winner_footprint": 800.0,
                                 "floor_winner_accuracy": 0.9, "floor_winner_footprint": 4000.0}  # fmt: skip
     files = {a.path for a in client.list_artifacts(result.run_id, "compare")}
-    assert {"compare/table.csv", "compare/table.json", "compare/front.png"} <= files
-    again, _ = compare.query_runs(["lab"])  # the compare run is not a candidate and not "missing"
+    assert files == {"compare/table.csv", "compare/table.json", "compare/table.txt", "compare/summary.json",
+                     "compare/front.png"}  # fmt: skip
+    summary = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/compare/summary.json")
+    assert summary["best_under_budget"]["test_accuracy"] == pytest.approx(0.87)
+    again, _ = query_runs(RunQuery(["lab"]))  # the compare run is not a candidate and not "missing"
     assert len(again) == 5
 
 
@@ -270,52 +375,77 @@ def test_run_compare_logs_compare_run(local_lab: tuple[MlflowClient, dict[str, s
 
 
 def _versions(client: MlflowClient, name: str) -> list[tuple[str, str]]:
-    return sorted((v.version, v.run_id) for v in client.search_model_versions(f"name='{name}'"))
+    return sorted((str(v.version), v.run_id) for v in client.search_model_versions(f"name='{name}'"))
 
 
 def test_register_front_idempotent(local_lab: tuple[MlflowClient, dict[str, str]]) -> None:
     client, ids = local_lab
-    front = compare.pareto_front(compare.query_runs(["lab"])[0])
+    front = frontier.pareto_front(query_runs(RunQuery(["lab"]))[0])
     first = registry.register_front(front, champion_run_id=ids["l1_50"])
     name = "prune-tracker-cifar10-tiny"
-    assert first.champions == {name: first.versions[ids["l1_50"]][1]} and len(first.created) == 3
+    assert first.champions == {name: first.versions[(ids["l1_50"], "fp16")][1]} and len(first.created) == 3
     second = registry.register_front(front, champion_run_id=ids["l1_50"])
     assert second.versions == first.versions and second.created == []
     assert len(_versions(client, name)) == 3
     champion = client.get_model_version_by_alias(name, "champion")
-    assert (
-        champion.run_id == ids["l1_50"]
-        and champion.tags["method"] == "l1"
-        and champion.tags["ratio"] == "0.5"
-    )
+    assert champion.run_id == ids["l1_50"]
+    assert {k: champion.tags[k] for k in ("method", "ratio", "accuracy", "test_accuracy")} == {
+        "method": "l1", "ratio": "0.5", "accuracy": "0.9", "test_accuracy": "0.89"}  # fmt: skip
     assert isinstance(mlflow.pytorch.load_model(f"models:/{name}@champion"), TinyNet)
     third = registry.register_front(front)  # no budget winner -> the most accurate front model
     assert client.get_model_version_by_alias(name, "champion").run_id == ids["train"] and not third.created
+
+
+def _fail_on_call(monkeypatch, failing_call: int) -> None:
+    """mlflow.register_model raises on its ``failing_call``-th call from now on."""
+    real, calls = mlflow.register_model, []
+
+    def flaky(uri: str, name: str, **kwargs):
+        calls.append(uri)
+        if len(calls) == failing_call:
+            raise RuntimeError("registry hiccup")
+        return real(uri, name, **kwargs)
+
+    monkeypatch.setattr(registry.mlflow, "register_model", flaky)
 
 
 def test_register_front_leaves_no_orphans(
     local_lab: tuple[MlflowClient, dict[str, str]], monkeypatch
 ) -> None:
     client, ids = local_lab
-    points = {p.run_id: p for p in compare.query_runs(["lab"])[0]}
+    points = {p.run_id: p for p in query_runs(RunQuery(["lab"]))[0]}
     no_model = point(ids["no_fp"], 10, 0.1)
-    with pytest.raises(ValueError, match="has no model"):
+    with pytest.raises(ValueError, match="has no fp16 model 'model'"):
         registry.register_front([points[ids["l1_90"]], no_model], registered_name="orphans-a")
     assert client.search_registered_models("name='orphans-a'") == []
-    real = mlflow.register_model
-    calls = []
-
-    def flaky(uri: str, name: str, **kwargs):
-        calls.append(uri)
-        if len(calls) == 2:
-            raise RuntimeError("registry hiccup")
-        return real(uri, name, **kwargs)
-
-    monkeypatch.setattr(registry.mlflow, "register_model", flaky)
+    _fail_on_call(monkeypatch, 2)
     with pytest.raises(RuntimeError, match="hiccup"):
         registry.register_front([points[ids["l1_90"]], points[ids["l1_50"]]], registered_name="orphans-b")
     assert client.search_registered_models("name='orphans-b'") == []
     assert client.search_model_versions("name='orphans-b'") == []
+
+
+def test_register_front_rollback_keeps_earlier_versions_and_champion(
+    local_lab: tuple[MlflowClient, dict[str, str]], monkeypatch
+) -> None:
+    client, ids = local_lab
+    points = {p.run_id: p for p in query_runs(RunQuery(["lab"]))[0]}
+
+    def on(key: str, dataset: str) -> RunPoint:  # one registered model per dataset: prune-tracker-<ds>-tiny
+        return replace(points[ids[key]], dataset=dataset)
+
+    registry.register_front([on("l1_50", "keep-a"), on("l1_90", "keep-b")])
+    a, b = "prune-tracker-keep-a-tiny", "prune-tracker-keep-b-tiny"
+    before = {a: [("1", ids["l1_50"])], b: [("1", ids["l1_90"])]}
+    assert {n: _versions(client, n) for n in (a, b)} == before
+    # keep-a gains version 2 and moves its champion to it; then registering into keep-b fails
+    _fail_on_call(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="hiccup"):
+        registry.register_front([on("ft_90", "keep-a"), on("train", "keep-b")])
+    assert {n: _versions(client, n) for n in (a, b)} == before
+    for name, key in ((a, "l1_50"), (b, "l1_90")):
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert (str(champion.version), champion.run_id) == ("1", ids[key])
 
 
 # ------------------------------------------------------------------------------------ real server
@@ -340,9 +470,9 @@ def test_compare_through_real_server(mlflow_server: str, monkeypatch, tmp_path: 
         model = mlflow.pytorch.load_model(f"models:/{name}@champion", dst_path=str(tmp_path))
         assert isinstance(model, TinyNet)
         with pytest.raises(ValueError, match="invalid MLflow filter 'metrics.x >>> 1'"):
-            compare.query_runs(["http-lab"], filter_string="metrics.x >>> 1")
+            query_runs(RunQuery(["http-lab"], filter_string="metrics.x >>> 1"))
         csv_text = mlflow.artifacts.load_text(f"runs:/{result.run_id}/compare/table.csv")
-        assert csv_text.count("\n") == 6
+        assert csv_text.count("\n") == 6  # header + the 5 candidates
     finally:
         mlflow.set_tracking_uri(previous)
 

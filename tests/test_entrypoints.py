@@ -116,8 +116,9 @@ def test_train_run_is_finished_sane_and_reloads(base_run):
     module = mlflow.pytorch.load_model(f"runs:/{base_run.info.run_id}/model")
     module.train()  # a trainable nn.Module, not a pt2 GraphModule
     assert reproduce_accuracy(base_run) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
-    history = MlflowClient().get_metric_history(base_run.info.run_id, "val_accuracy")
-    assert [m.step for m in history if m.step > 0] == [1, 2, 3]  # per epoch, then the final value
+    client = MlflowClient()
+    assert [m.step for m in client.get_metric_history(base_run.info.run_id, "epoch_val_accuracy")] == [1, 2, 3]
+    assert len(client.get_metric_history(base_run.info.run_id, "val_accuracy")) == 1  # only the final (TTA) value
 
 
 def test_evaluate_entry_point(base_run):

@@ -12,16 +12,20 @@ from torch import nn
 from torch.nn.utils import prune
 
 from prune_tracker.footprint import (
+    FORMATS,
     Footprint,
+    StorageFormat,
     footprint_figure,
+    footprint_metrics,
     format_table,
     human_bytes,
     measure_footprint,
     micronet_score,
     parse_bytes,
 )
+from prune_tracker.footprint.formats import FP16, FP32, encode
 from prune_tracker.footprint.micronet import REFERENCE_OPS, REFERENCE_PARAMS
-from prune_tracker.footprint.storage import decode, encode, tensor_row
+from prune_tracker.footprint.storage import decode, tensor_row
 
 
 def conv_chain(widths: tuple[int, ...] = (3, 8, 16, 4), strides: tuple[int, ...] = (1, 2, 1)) -> nn.Module:
@@ -82,28 +86,65 @@ def test_all_zero_tensor_is_row_pointers_only():
     assert (row["chosen"], row["best"], row["index_dtype"]) == ("csr", 65, "uint16")
 
 
-INDEX_CASES = [(256, "uint8", 1), (257, "uint16", 2), (40_000, "uint16", 2), (70_000, "uint32", 4)]
+# columns, index type, CSR fp16 / fp32 bytes of a 2-row tensor with 3 non-zeros: 3 values + 3 column indices
+# + 3 uint8 row pointers, e.g. 65 537 columns: 3 x (2 + 4) + 3 = 21 and 3 x (4 + 4) + 3 = 27
+INDEX_CASES = [
+    (256, "uint8", 12, 18),  # largest index 255
+    (257, "uint16", 15, 21),
+    (40_000, "uint16", 15, 21),
+    (65_536, "uint16", 15, 21),  # largest index 65 535
+    (65_537, "uint32", 21, 27),
+    (70_000, "uint32", 21, 27),
+]
 
 
-@pytest.mark.parametrize(("cols", "index_dtype", "index_bytes"), INDEX_CASES)
-def test_column_index_type_follows_column_count(cols, index_dtype, index_bytes):
+@pytest.mark.parametrize(("cols", "index_dtype", "csr_fp16", "csr_fp32"), INDEX_CASES)
+def test_column_index_type_follows_column_count(cols, index_dtype, csr_fp16, csr_fp32):
     t = torch.zeros(2, cols)
     t[0, 0], t[1, cols - 1], t[1, cols // 2] = 1.0, 2.0, 3.0
     row = tensor_row("w", t)
-    assert row["index_dtype"] == index_dtype
-    assert row["csr_fp16"] == 3 * (2 + index_bytes) + 3 * 1
-    assert row["csr_fp32"] == 3 * (4 + index_bytes) + 3 * 1
-    arrays = encode("w", t, "csr", np.float16)
+    assert (row["index_dtype"], row["rowptr_dtype"]) == (index_dtype, "uint8")
+    assert (row["csr_fp16"], row["csr_fp32"]) == (csr_fp16, csr_fp32)
+    arrays = encode("w", t, "csr", FP16)
     assert arrays["w.col_indices"].dtype == np.dtype(index_dtype)
-    assert sum(a.nbytes for a in arrays.values()) == row["csr_fp16"]
+    assert sum(a.nbytes for a in arrays.values()) == csr_fp16
     np.testing.assert_array_equal(decode(arrays, "w", tuple(t.shape)), t.numpy().astype(np.float16))
+
+
+# non-zeros of a 512 x 256 tensor, row pointer type, CSR fp16 / fp32 bytes: nnz values + nnz uint8 column
+# indices + 513 row pointers, e.g. 65 536: 65 536 x 2 + 65 536 + 513 x 4 = 198 660 (fp32: x 4 -> 329 732)
+ROW_POINTER_CASES = [
+    (255, "uint8", 1_278, 1_788),
+    (256, "uint16", 1_794, 2_306),
+    (65_535, "uint16", 197_631, 328_701),
+    (65_536, "uint32", 198_660, 329_732),
+]
+
+
+@pytest.mark.parametrize(("nnz", "rowptr_dtype", "csr_fp16", "csr_fp32"), ROW_POINTER_CASES)
+def test_row_pointer_type_at_its_boundaries(nnz, rowptr_dtype, csr_fp16, csr_fp32):
+    t = torch.zeros(512, 256)
+    t.view(-1)[:nnz] = 1.0
+    row = tensor_row("w", t)
+    assert (row["rowptr_dtype"], row["index_dtype"]) == (rowptr_dtype, "uint8")
+    assert (row["csr_fp16"], row["csr_fp32"]) == (csr_fp16, csr_fp32)
+    assert row["csr_fp16_as"] == row["csr_fp32_as"] == "csr"  # dense would be 262 144 / 524 288
+    arrays = encode("w", t, "csr", FP16)
+    assert arrays["w.row_ptr"].dtype == np.dtype(rowptr_dtype)
+    assert sum(a.nbytes for a in arrays.values()) == csr_fp16
+    np.testing.assert_array_equal(decode(arrays, "w", (512, 256)), t.numpy().astype(np.float16))
 
 
 def test_row_pointer_type_follows_nonzero_count():
     t = torch.ones(2, 300)  # 600 non-zeros > 255 -> uint16 pointers, 300 columns -> uint16 indices
     row = tensor_row("w", t)
     assert row["rowptr_dtype"] == "uint16"
-    assert encode("w", t, "csr", np.float16)["w.row_ptr"].dtype == np.uint16
+    assert encode("w", t, "csr", FP16)["w.row_ptr"].dtype == np.uint16
+
+
+def test_unknown_layout_is_refused():
+    with pytest.raises(ValueError, match="unknown storage layout 'coo'; known: dense, csr, bitmask"):
+        encode("w", torch.ones(2, 2), "coo", FP16)
 
 
 def test_one_dimensional_and_integer_tensors_are_dense():
@@ -119,8 +160,54 @@ def test_bitmask_wins_at_moderate_sparsity():
     row = tensor_row("w", t)
     assert (row["csr_fp16"], row["bitmask_fp16"], row["fp16"]) == (73_728, 41_472, 73_728)
     assert row["csr_fp16_as"] == "dense" and row["chosen"] == "bitmask"
-    arrays = encode("w", t, "bitmask", np.float16)
+    arrays = encode("w", t, "bitmask", FP16)
     np.testing.assert_array_equal(decode(arrays, "w", (64, 576)), t.numpy().astype(np.float16))
+
+
+# --- the format registry -------------------------------------------------------------------------------
+
+CONTRACT_METRICS = {
+    "footprint_fp32_bytes", "footprint_fp16_bytes", "footprint_csr_fp32_bytes", "footprint_csr_fp16_bytes",
+    "footprint_bitmask_fp16_bytes", "footprint_best_bytes", "file_fp32_bytes", "file_fp16_bytes",
+    "file_csr_fp32_bytes", "file_csr_fp16_bytes", "file_bitmask_fp16_bytes", "file_best_fp16_bytes",
+    "file_fp16_gzip_bytes", "file_torch_csr_bytes", "activation_peak_fp32_bytes", "activation_peak_fp16_bytes",
+    "total_fp16_best_bytes", "params_total", "params_nonzero", "flops_dense", "flops_effective",
+    "micronet_score", "micronet_params", "micronet_ops",
+}  # fmt: skip
+CONTRACT_ROW_FIELDS = {
+    "name", "shape", "numel", "nonzeros", "fp32", "fp16", "csr_fp32", "csr_fp16", "bitmask_fp16", "best",
+    "csr_fp32_as", "csr_fp16_as", "bitmask_fp16_as", "chosen", "index_dtype", "rowptr_dtype",
+}  # fmt: skip
+
+
+def test_metric_names_and_row_fields_keep_their_contract():
+    fp = measure_footprint(zero_half(small_net()), input_shape=SHAPE)
+    assert set(fp.metrics) >= CONTRACT_METRICS
+    assert all(set(r) >= CONTRACT_ROW_FIELDS for r in fp.breakdown["tensors"])
+    assert set(footprint_metrics()) >= {
+        "footprint_fp32_bytes", "footprint_fp16_bytes", "footprint_csr_fp32_bytes", "footprint_csr_fp16_bytes",
+        "footprint_bitmask_fp16_bytes", "footprint_best_bytes", "total_fp16_best_bytes", "micronet_score",
+    }  # fmt: skip
+
+
+def test_a_new_format_is_one_registry_entry(monkeypatch, tmp_path):
+    monkeypatch.setitem(FORMATS, "bitmask_fp32", StorageFormat("bitmask_fp32", "bitmask fp32", FP32, ("bitmask",)))
+    t = torch.ones(64, 576)
+    t.view(-1)[::2] = 0
+    row = tensor_row("w", t)  # 18 432 fp32 values + 36 864 / 8 mask bytes
+    assert (row["bitmask_fp32"], row["bitmask_fp32_as"]) == (78_336, "bitmask")
+    model = zero_half(small_net())
+    fp = measure_footprint(model, input_shape=SHAPE, write_files_to=tmp_path)
+    info = fp.breakdown["files"]["bitmask_fp32"]
+    assert fp.metrics["footprint_bitmask_fp32_bytes"] == info["payload_bytes"]
+    assert fp.metrics["file_bitmask_fp32_bytes"] == (tmp_path / "params_bitmask_fp32.npz").stat().st_size
+    with np.load(tmp_path / info["path"]) as npz:
+        arrays = dict(npz)
+    weight = model[0].weight.detach()
+    np.testing.assert_array_equal(decode(arrays, "0.weight", tuple(weight.shape)), weight.numpy())
+    assert "footprint_bitmask_fp32_bytes" in footprint_metrics()
+    assert "bitmask fp32" in format_table(fp).splitlines()[1]
+    assert len([b for c in footprint_figure(fp).axes[0].containers for b in c]) == 2 * 7
 
 
 # --- model-level storage and files ---------------------------------------------------------------------
@@ -152,7 +239,7 @@ def test_csr_shrinks_with_sparsity():
 def test_written_files_match_computed_sizes(tmp_path):
     fp = measure_footprint(zero_half(small_net()), input_shape=SHAPE, write_files_to=tmp_path)
     files, m = fp.breakdown["files"], fp.metrics
-    computed = {"fp32": "footprint_fp32_bytes", "fp16": "footprint_fp16_bytes",
+    computed = {"fp32": "footprint_fp32_bytes", "fp16": "footprint_fp16_bytes",  # the contract, by hand
                 "csr_fp32": "footprint_csr_fp32_bytes", "csr_fp16": "footprint_csr_fp16_bytes",
                 "bitmask_fp16": "footprint_bitmask_fp16_bytes", "best_fp16": "footprint_best_bytes"}
     for key, metric in computed.items():
@@ -346,8 +433,13 @@ def test_table_figure_and_json():
     table = format_table(fp)
     assert "0.weight" in table and "(bitmask)" in table and "Activation peak" in table and "MicroNet" in table
     fig = footprint_figure(fp)
-    bars = [b for c in fig.axes[0].containers for b in c]
-    assert len(bars) == 10
-    assert bars[0].get_height() == fp.metrics["footprint_fp32_bytes"]
-    assert bars[9].get_height() == fp.metrics["activation_peak_fp16_bytes"]
+    bars = [b for c in fig.axes[0].containers for b in c]  # 6 parameter bars, then 6 activation bars
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        "fp32", "fp16", "CSR fp32", "CSR fp16", "bitmask fp16", "best fp16"]  # fmt: skip
+    m = fp.metrics
+    assert [b.get_height() for b in bars[:6]] == [m[k] for k in (
+        "footprint_fp32_bytes", "footprint_fp16_bytes", "footprint_csr_fp32_bytes", "footprint_csr_fp16_bytes",
+        "footprint_bitmask_fp16_bytes", "footprint_best_bytes")]  # fmt: skip
+    act32, act16 = m["activation_peak_fp32_bytes"], m["activation_peak_fp16_bytes"]
+    assert [b.get_height() for b in bars[6:]] == [act32, act16, act32, act16, act16, act16]  # by value type
     fig.canvas.draw()

@@ -27,6 +27,7 @@ from prune_tracker.pruning.lamp import lamp_scores
 from prune_tracker.pruning.masks import current_weight
 from prune_tracker.pruning.sensitivity import allocate
 from prune_tracker.pruning.thinet import (
+    consumer_inputs,
     contributions,
     draw_positions,
     greedy_removal,
@@ -241,6 +242,19 @@ def test_thinet_drops_unread_channels(ctx: PruneContext) -> None:
         assert err["error"] <= err["error_no_rescale"] + 1e-9
 
 
+def test_thinet_unused_consumer_is_a_clear_error(ctx: PruneContext) -> None:
+    unused = nn.Conv2d(16, 16, 3, padding=1)  # not part of the model: its hook never fires
+    with pytest.raises(ValueError, match="^thinet: layer9.conv2 never ran in the model's forward pass"):
+        consumer_inputs(_resnet20(), unused, ctx, 4, "layer9.conv2")
+
+
+def test_thinet_without_calibration_images_is_a_clear_error(ctx: PruneContext) -> None:
+    empty = PruneContext(ctx.example_input, lambda: iter([(torch.empty(0, 3, 16, 16), torch.empty(0).long())]),
+                         ctx.evaluate, ctx.finetune, log=ctx.log)
+    with pytest.raises(ValueError, match=r"^thinet: calibration_batches yielded no images .* layer1.0.conv2"):
+        get_method("thinet").prune(_resnet20(), 0.5, empty)
+
+
 def test_thinet_contributions_sum_to_conv_output() -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(5, 7, 3, stride=2, padding=1, bias=False)
@@ -285,7 +299,16 @@ def test_gmp_schedule_monotone_and_reaches_target() -> None:
     values = [gmp_sparsity(t, 1000, 0.9, frequency=50) for t in range(1001)]
     assert values[0] == 0.0 and values[-1] == 0.9 and values[750] == 0.9
     assert all(b >= a for a, b in zip(values, values[1:], strict=False))
-    assert len(set(values)) > 10
+    assert values[100] == values[149] == pytest.approx(0.9 * (1 - (1 - 100 / 750) ** 3))  # held between steps
+    assert len(set(values)) == 16  # t = 0, 50, ..., 700, then the target from t = 750
+
+
+def test_gmp_short_window_still_prunes_gradually() -> None:
+    # 5,000 images x 2 epochs at batch 128 = 78 steps; the window ends at ceil(0.75 * 78) = 59, so the
+    # default frequency of 100 would be one cut; at least 10 updates means one every 59 // 10 = 5 steps
+    values = [gmp_sparsity(t, 78, 0.8) for t in range(79)]
+    assert values[5] == values[9] == pytest.approx(0.8 * (1 - (1 - 5 / 59) ** 3))
+    assert len(set(values)) == 13 and values[59] == 0.8
 
 
 def test_gmp_masks_grow_during_finetune(ctx: PruneContext) -> None:
@@ -295,9 +318,33 @@ def test_gmp_masks_grow_during_finetune(ctx: PruneContext) -> None:
     assert abs(result.details["sparsity"] - 0.8) < 1e-3
 
 
+def test_gmp_default_frequency_on_a_short_finetune(ctx: PruneContext) -> None:
+    # 3 epochs x 2 steps: the window ends at step ceil(0.75 * 6) = 5; s_t = 0.8 (1 - (1 - t/5)^3)
+    result = get_method("gmp").prune(_resnet20(), 0.8, ctx, epochs=3.0)
+    assert result.details["schedule"] == [
+        (1, pytest.approx(0.3904)), (2, pytest.approx(0.6272)), (3, pytest.approx(0.7488)),
+        (4, pytest.approx(0.7936)), (5, pytest.approx(0.8))]
+    assert abs(result.details["sparsity"] - 0.8) < 1e-3
+
+
 def test_han_schedule() -> None:
-    s = han_schedule(0.9, 3)
-    assert s == sorted(s) and s[-1] == pytest.approx(0.9)
+    # s_k = 1 - 0.1^(k/3): 0.1^(1/3) = 0.4641589, 0.1^(2/3) = 0.2154435
+    assert han_schedule(0.9, 3) == pytest.approx([0.5358411, 0.7845565, 0.9], abs=1e-7)
+    assert han_schedule(0.75, 2) == pytest.approx([0.5, 0.75])  # 1 - sqrt(0.25)
+    assert han_schedule(0.6, 1) == pytest.approx([0.6])
+
+
+def test_han_prunes_each_round_before_retraining(ctx: PruneContext) -> None:
+    seen = []  # per-layer sparsity of layer1.0.conv1 each time han retrains
+
+    def finetune(model: nn.Module, epochs: float, step_callback=None) -> None:
+        seen.append(sparsity_report(model)["layer1.0.conv1"])
+        ctx.finetune(model, epochs, step_callback)
+
+    han_ctx = PruneContext(ctx.example_input, ctx.calibration_batches, ctx.evaluate, finetune, log=ctx.log)
+    result = get_method("han").prune(_resnet20(), 0.9, han_ctx, rounds=3, round_epochs=0.5)
+    assert seen == [pytest.approx(0.5358, abs=1e-3), pytest.approx(0.7846, abs=1e-3)]
+    assert sparsity_report(result.model)["layer1.0.conv1"] == pytest.approx(0.9, abs=1e-3)
 
 
 def test_channel_pruner_detects_mis_prune(ctx: PruneContext) -> None:
@@ -327,3 +374,121 @@ def test_bad_options(ctx: PruneContext) -> None:
         get_method("li_filters").prune(_resnet20(), 0.5, ctx, per_layer="random")
     with pytest.raises(ValueError, match="not a valid int"):
         get_method("han").prune(_resnet20(), 0.5, ctx, rounds="three")
+
+
+# --- iterative pruning (pruning/iterative.py) ---
+
+from prune_tracker.pruning import PruningMethod, iterative_prune  # noqa: E402
+from prune_tracker.pruning.common import LAYER_OPTIONS, n_weights, target_layers, unstructured_result  # noqa: E402
+from prune_tracker.pruning.iterative import channel_round_ratio, one_step_ratio, round_targets  # noqa: E402
+from prune_tracker.pruning.masks import apply_masks, global_masks  # noqa: E402
+
+
+def _shaking_ctx(ctx: PruneContext, zeros_seen: list) -> PruneContext:
+    """A fine-tune that pushes every parameter far from zero (a pruned weight it could revive would survive
+    every later magnitude cut) and records the zero positions it was handed."""
+
+    @torch.no_grad()
+    def finetune(model: nn.Module, epochs: float, step_callback=None) -> None:
+        zeros_seen.append({n: current_weight(m) == 0 for n, m in prunable_layers(model)})
+        for p in model.parameters():
+            p.add_(10.0)
+
+    return PruneContext(ctx.example_input, ctx.calibration_batches, ctx.evaluate, finetune, log=ctx.log)
+
+
+class _LargestFirst(PruningMethod):
+    """Not registered: prunes the LARGEST |w| globally, so it never re-picks earlier zeros on its own."""
+
+    params = dict(LAYER_OPTIONS)
+
+    def _prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **opts) -> object:
+        layers = target_layers(model, opts)
+        scores = [-current_weight(m).abs() for _, m in layers]
+        apply_masks(layers, global_masks(layers, scores, int(round(ratio * n_weights(layers)))))
+        return unstructured_result(model, opts)
+
+
+@pytest.mark.parametrize("method", [get_method("global_l1"), _LargestFirst()], ids=["global_l1", "largest_first"])
+def test_iterative_unstructured_reaches_target_and_keeps_masks(method, ctx: PruneContext) -> None:
+    model, ratio, rounds = _resnet20(), 0.7, 3
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    zeros_seen, records = [], []
+    result = iterative_prune(method, model, ratio, _shaking_ctx(ctx, zeros_seen), rounds, 0.5, {},
+                             on_round=lambda k, rec: records.append((k, rec)))
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())  # caller's model intact
+    layers = prunable_layers(result.model)
+    total = sum(m.weight.numel() for _, m in layers)
+    zeros = sum(int((current_weight(m) == 0).sum()) for _, m in layers)
+    assert abs(zeros - ratio * total) <= 1
+    assert len(zeros_seen) == rounds  # a fine-tune after every round
+    for name, m in layers:  # zeroed in round 1, still zero after three fine-tunes and two more cuts
+        assert torch.all(current_weight(m)[zeros_seen[0][name]] == 0)
+    assert [k for k, _ in records] == list(range(1, rounds + 1))
+    sparsities = [rec["round_sparsity"] for _, rec in records]
+    assert sparsities == sorted(sparsities) and sparsities[-1] == pytest.approx(zeros / total)
+    assert sparsities[0] == pytest.approx(round_targets(ratio, rounds)[0], abs=1 / total)
+    assert all(0 <= rec["round_val_accuracy"] <= 1 for _, rec in records)
+    assert result.finetuned_epochs == rounds * 0.5 and result.details["ratio"] == ratio
+
+
+def test_han_is_iterative_layer_magnitude(ctx: PruneContext) -> None:
+    han = get_method("han").prune(_resnet20(), 0.8, ctx, rounds=3, round_epochs=0.5)
+    as_rounds = iterative_prune(get_method("layer_l1"), _resnet20(), 0.8, ctx, 3, 0.5, finetune_last=False)
+    han_rounds = iterative_prune(get_method("han"), _resnet20(), 0.8, ctx, 3, 0.5, finetune_last=False)
+    assert han.finetuned_epochs == as_rounds.finetuned_epochs == han_rounds.finetuned_epochs == 1.0
+    masks = _masked_zero_positions(han.model)
+    for other in (as_rounds, han_rounds):
+        assert {n: torch.equal(z, masks[n]) for n, z in _masked_zero_positions(other.model).items()} == \
+            dict.fromkeys(masks, True)
+
+
+def test_iterative_structured_matches_one_shot_channels(ctx: PruneContext) -> None:
+    name, model, ratio, rounds = "li_filters", _resnet20(), 0.6, 3
+    records = []
+    result = iterative_prune(get_method(name), model, ratio, ctx, rounds, 0.0,
+                             on_round=lambda k, rec: records.append(rec["round_sparsity"]))
+    one_shot = get_method(name).prune(model, ratio, ctx)
+    assert channels_per_layer(result.model) == channels_per_layer(one_shot.model)
+    assert len(records) == rounds and records == sorted(records) and records[0] > 0
+    kept = result.details["kept_channels"]  # indices into the ORIGINAL layers, composed over the rounds
+    for layer in channel_scope(result.model):
+        original = dict(model.named_modules())[layer.name].weight
+        assert torch.equal(layer.conv.weight, original[kept[layer.name]])
+        assert result.details["layers"][layer.name]["channels_before"] == original.shape[0]
+    _check_reload(result.model, "resnet20")
+
+
+def test_iterative_channel_ratios_end_on_the_one_shot_widths() -> None:
+    """Round ratios of the thinner model: every round stays one uniform cut away from the one-shot widths."""
+    from prune_tracker.pruning.channels import n_remove
+
+    for widths in ([16] * 9 + [32] * 9 + [64] * 9, [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512]):
+        original = {f"l{i}": c for i, c in enumerate(widths)}
+        for ratio in (0.05, 0.3, 0.55, 0.9):
+            for rounds in (2, 4):
+                final = {n: c - n_remove(c, ratio) for n, c in original.items()}
+                current, previous = dict(original), 0.0
+                for k, target in enumerate(round_targets(ratio, rounds), start=1):
+                    wanted = {n: c - n_remove(c, target) for n, c in original.items()}
+                    r = one_step_ratio(current, final) if k == rounds else \
+                        channel_round_ratio(current, wanted, final, 1 - (1 - target) / (1 - previous))
+                    current, previous = {n: c - n_remove(c, r) for n, c in current.items()}, target
+                    assert sum(abs(current[n] - wanted[n]) for n in current) <= len(current)  # near each round
+                assert current == final, (widths[0], ratio, rounds)
+
+
+def test_iterative_hybrid_reaches_the_param_reduction(ctx: PruneContext) -> None:
+    model = _resnet20()
+    result = iterative_prune(get_method("hybrid"), model, 0.7, ctx, 2, 0.5)
+    one_shot = get_method("hybrid").prune(model, 0.7, ctx)
+    total = sum(p.numel() for p in model.parameters())
+    assert abs(result.details["param_reduction"] - one_shot.details["param_reduction"]) * total <= 1
+    _check_reload(make_permanent(result.model), "resnet20")
+
+
+def test_iterative_bad_arguments(ctx: PruneContext) -> None:
+    with pytest.raises(ValueError, match="rounds must be an integer >= 1"):
+        iterative_prune(get_method("lamp"), _resnet20(), 0.5, ctx, 0, 1.0)
+    with pytest.raises(ValueError, match="unknown option"):
+        iterative_prune(get_method("lamp"), _resnet20(), 0.5, ctx, 2, 1.0, {"bogus": 1})

@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from prune_tracker import report  # noqa: E402
-from prune_tracker.compare import RunPoint  # noqa: E402
+from prune_tracker.frontier import RunPoint, grouped_front  # noqa: E402
 
 LAYERS = [
     "conv1",
@@ -32,8 +32,9 @@ LAYERS = [
 ]
 
 
-def _metrics(fp: float) -> dict[str, float]:
+def _metrics(fp: float, test_accuracy: float) -> dict[str, float]:
     return {
+        "test_accuracy": test_accuracy,
         "footprint_fp32_bytes": fp * 2.2,
         "footprint_fp16_bytes": fp * 1.1,
         "footprint_csr_fp32_bytes": fp * 1.6,
@@ -64,7 +65,7 @@ def sample_points() -> list[RunPoint]:
                 None,
                 root,
                 root_fp,
-                metrics=_metrics(root_fp),
+                metrics=_metrics(root_fp, base - 0.01),
             )
         )
         for m, (method, loss) in enumerate((("l1", 0.05), ("random", 0.15), ("taylor", 0.04))):
@@ -87,7 +88,7 @@ def sample_points() -> list[RunPoint]:
                             root,
                             root,
                             root_fp,
-                            metrics=_metrics(fp),
+                            metrics=_metrics(fp, acc - 0.01),
                         )
                     )
     return points
@@ -121,7 +122,7 @@ def sample_details(points: list[RunPoint]) -> dict[str, dict]:
 
 def write_sample(out_dir: Path) -> Path:
     points = sample_points()
-    front = report.grouped_front(points)
+    front = grouped_front(points)
     return report.build_report(
         points,
         front,
@@ -153,7 +154,31 @@ def test_build_report_is_self_contained(tmp_path: Path) -> None:
         assert heading in text
     assert text.count("Best accuracy within 300 KB") == 2  # one answer per (dataset, arch)
     assert text.count("no run fits") == 1  # cifar100 never reaches 0.9
-    assert text.count('<tr class="front">') == len(report.grouped_front(sample_points()))
+    assert text.count('<tr class="front">') == 18  # 9 per dataset, see test_grouped_front_of_the_sample
+    assert "<th class=\"\">val_accuracy</th><th class=\"\">test_accuracy</th>" in text
+
+
+def test_grouped_front_of_the_sample() -> None:
+    # Accuracy loss vs the unpruned run, finetuned (prune runs lose 3x as much, so never make the front):
+    # l1 0.05 r^2, random 0.15 r^2 + 0.002, taylor 0.04 r^2 + 0.004 at footprints 1.1 MB x (1 - r) x 1.00 /
+    # 1.05 / 1.10. Sweeping by footprint: l1 at r = 0.9 (110 KB, -0.0405), taylor 0.9 (121 KB, -0.0364),
+    # l1 0.8 (220 KB, -0.032), taylor 0.8 (242 KB, -0.0296), l1 0.7 (330 KB, -0.0245), taylor 0.7 (363 KB,
+    # -0.0236), l1 0.5 (550 KB, -0.0125), l1 0.3 (770 KB, -0.0045), the unpruned run (1.1 MB, 0): 9 per dataset.
+    front = grouped_front(sample_points())
+    expected = [110_000, 121_000, 220_000, 242_000, 330_000, 363_000, 550_000, 770_000, 1_100_000]
+    for dataset in ("cifar10", "cifar100"):
+        mine = [p for p in front if p.dataset == dataset]
+        assert [p.footprint for p in mine] == pytest.approx(expected)
+        assert [(p.method, p.stage) for p in mine[:2]] == [("l1", "finetune"), ("taylor", "finetune")]
+    assert [p.dataset for p in front] == ["cifar10"] * 9 + ["cifar100"] * 9
+
+
+def test_breakdown_bars_follow_the_format_registry() -> None:
+    fig = report.breakdown_figure(grouped_front(sample_points()))
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    # the sample logs no bitmask metric, so that format has no bar
+    assert labels == ["params fp32", "params fp16", "params CSR fp32", "params CSR fp16", "params best fp16",
+                      "activations fp32", "activations fp16"]  # fmt: skip
 
 
 def test_build_report_without_runs_or_details(tmp_path: Path) -> None:
@@ -181,13 +206,16 @@ def test_run_report_logs_html_artifact(lab_store: tuple[MlflowClient, str], tmp_
         )
     log_fake_run(client, exp_id, stage="prune", method="l1", ratio=0.7, footprint=None, parent=root)
     result = report.run_report(["rep"], tmp_path / "out", budget="1KB")
-    assert len(result.points) == 3 and len(result.front) == 3 and len(result.missing) == 1
+    assert len(result.points) == 3 and len(result.front) == 3 and len(result.missing) == 1  # all 3 on the front
     run = client.get_run(result.run_id)
     assert run.data.tags["stage"] == "report" and run.data.metrics["n_front"] == 3
     assert [a.path for a in client.list_artifacts(result.run_id, "report")] == ["report/report.html"]
     html_text = mlflow.artifacts.load_text(f"runs:/{result.run_id}/report/report.html")
     assert html_text.count('src="data:image/png;base64,') == 1 + 1 + 3 + 1  # sparsity from sparsity.json x3
     assert "conv.weight" in html_text  # per-tensor rows from footprint.json
+    # ranked on val_accuracy (0.8 for the 800 B run), its test accuracy (0.79) beside it
+    answer = "Best accuracy within 1 KB (cifar10 / tiny):</b> l1 ratio 0.9 (prune, fp16), accuracy 0.8000 (test 0.7900)"
+    assert answer in html_text
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ modules (torch.nn.utils.prune `weight_orig` + `weight_mask`) are measured by the
 exactly like their `prune.remove`d version. Structured pruning (smaller layers) is seen through the shapes.
 
 Parameter storage (bytes; every state_dict tensor inference needs: weights, biases, BatchNorm weight, bias,
-running_mean, running_var; not num_batches_tracked; tied tensors once):
+running_mean, running_var; not num_batches_tracked; tied tensors once), one metric per format of the
+registry `formats.FORMATS` (adding a format is one entry there):
 - footprint_fp32_bytes / footprint_fp16_bytes: dense, 4 / 2 bytes per element.
 - footprint_csr_fp32_bytes / footprint_csr_fp16_bytes: tensors with >= 2 dims as a
   (shape[0] x numel/shape[0]) CSR matrix: nnz values (4 / 2 B) + nnz column indices + (rows + 1) row
@@ -63,9 +64,10 @@ google-research micronet_challenge/counting.py does:
   ReLU zeros earn nothing (only static weight sparsity counts).
 """
 
-from .core import Footprint, measure_footprint, micronet_score
+from .core import Footprint, footprint_metrics, measure_footprint, micronet_score
+from .formats import FORMATS, StorageFormat
 from .report import footprint_figure, format_table
 from .units import human_bytes, parse_bytes
 
-__all__ = ["Footprint", "footprint_figure", "format_table", "human_bytes", "measure_footprint",
-           "micronet_score", "parse_bytes"]
+__all__ = ["FORMATS", "Footprint", "StorageFormat", "footprint_figure", "footprint_metrics", "format_table",
+           "human_bytes", "measure_footprint", "micronet_score", "parse_bytes"]

@@ -15,7 +15,25 @@ from torch import nn
 from torch.nn.utils import prune
 
 from . import micronet, storage
+from .formats import FORMATS, storage_metrics
 from .trace import Trace, run_trace
+
+COMPUTE_METRICS = (
+    "activation_peak_fp32_bytes",
+    "activation_peak_fp16_bytes",
+    "total_fp16_best_bytes",
+    "micronet_score",
+    "flops_dense",
+    "flops_effective",
+    "params_nonzero",
+)
+
+
+def footprint_metrics() -> tuple[str, ...]:
+    """The metrics a model can be compared by (compare / report x axis, the prune job's byte target): one per
+    registered storage format, then activations, compute and the MicroNet score."""
+    return (*storage_metrics(), *COMPUTE_METRICS)
+
 
 # metric -> breakdown total it is compared against a parent with (1 - child / parent)
 REDUCTIONS = {
@@ -59,10 +77,7 @@ def state_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def _storage_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
-    return {
-        f"footprint_{key}_bytes": float(sum(r[key] for r in rows))
-        for key in ("fp32", "fp16", "csr_fp32", "csr_fp16", "bitmask_fp16")
-    } | {"footprint_best_bytes": float(sum(r["best"] for r in rows))}
+    return {f.metric: float(sum(r[f.name] for r in rows)) for f in FORMATS.values()}
 
 
 def _param_counts(model: nn.Module) -> dict[str, float]:
@@ -192,9 +207,12 @@ def _measure(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, pa
 
 
 def micronet_score(
-    model: nn.Module, precision_bits: int = 16, input_shape: tuple[int, ...] = (3, 32, 32)
+    model: nn.Module, precision_bits: int = 16, input_shape: tuple[int, ...] = (3, 32, 32),
+    mult_bits: int | None = None,
 ) -> float:
-    """MicroNet CIFAR-100 score of `model` with parameters and multiplies at `precision_bits`."""
+    """MicroNet CIFAR-100 score of `model` with parameters at `precision_bits` and multiplies at `mult_bits`
+    (default: `precision_bits`)."""
     with single_thread():
         net = inference_copy(model)
-        return micronet.summarize(run_trace(net, tuple(input_shape), 1).records, net, precision_bits)["score"]
+        records = run_trace(net, tuple(input_shape), 1).records
+        return micronet.summarize(records, net, precision_bits, mult_bits)["score"]

@@ -169,19 +169,25 @@ def _has_bias(counts: dict[str, Any]) -> bool:
     return counts["kind"] in ("conv", "linear") and bool(counts["has_bias"] or counts.get("folded_bn"))
 
 
-def summarize(records: list[dict[str, Any]], model: nn.Module, precision_bits: int = 16) -> dict[str, Any]:
-    """Totals and score; `records` must have been through `fold_batch_norm`."""
-    if not 1 <= precision_bits <= 32:
-        raise ValueError(f"precision_bits must be in 1..32, got {precision_bits}")
+def summarize(records: list[dict[str, Any]], model: nn.Module, precision_bits: int = 16,
+              mult_bits: int | None = None) -> dict[str, Any]:
+    """Totals and score; `records` must have been through `fold_batch_norm`. Parameters count at
+    `precision_bits`; a multiply counts at the wider of its operands, `mult_bits` (default `precision_bits`):
+    int8 weights times fp16 activations is a 16-bit multiply, int8 times int8 an 8-bit one."""
+    mult_bits = precision_bits if mult_bits is None else mult_bits
+    for name, bits in (("precision_bits", precision_bits), ("mult_bits", mult_bits)):
+        if not 1 <= bits <= 32:
+            raise ValueError(f"{name} must be in 1..32, got {bits}")
     ops = [r["micronet"] for r in records if "micronet" in r]
     mults = sum(c["mults"] for c in ops)
     adds = sum(c["adds"] for c in ops) + sum(c["outputs"] for c in ops if _has_bias(c))
     folded_bn = {r["module"] for r in records if r.get("micronet", {}).get("folded_into")}
     gains_bias = {r["module"] for r in records if r.get("micronet", {}).get("folded_bn")}
     params = _param_bits(model, folded_bn, gains_bias, precision_bits) / 32
-    op_score = mults * precision_bits / 32 + adds * ADD_BITS / 32
+    op_score = mults * mult_bits / 32 + adds * ADD_BITS / 32
     return {
         "precision_bits": precision_bits,
+        "mult_bits": mult_bits,
         "params": params,
         "mults": mults,
         "adds": adds,

@@ -8,18 +8,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from .formats import FORMATS, StorageFormat
 from .units import human_bytes
 
 if TYPE_CHECKING:
     from .core import Footprint
 
-BARS = (  # label, parameter metric, activation metric
-    ("fp32", "footprint_fp32_bytes", "activation_peak_fp32_bytes"),
-    ("fp16", "footprint_fp16_bytes", "activation_peak_fp16_bytes"),
-    ("CSR fp16", "footprint_csr_fp16_bytes", "activation_peak_fp16_bytes"),
-    ("bitmask fp16", "footprint_bitmask_fp16_bytes", "activation_peak_fp16_bytes"),
-    ("best fp16", "footprint_best_bytes", "activation_peak_fp16_bytes"),
-)
 
 
 def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -34,32 +28,21 @@ def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
+def _cell(row: dict[str, Any], fmt: StorageFormat) -> str:
+    size = human_bytes(row[fmt.name])
+    return f"{size} ({row[fmt.row_layout_field]})" if fmt.is_choice else size
+
+
 def _tensor_lines(rows: list[dict[str, Any]], m: dict[str, float]) -> list[str]:
-    header = ["tensor", "shape", "nonzero", "fp32", "fp16", "CSR fp16", "bitmask fp16", "best fp16"]
+    formats = list(FORMATS.values())
+    header = ["tensor", "shape", "nonzero", *(f.label for f in formats)]
     body = [
-        [
-            r["name"],
-            "x".join(map(str, r["shape"])) or "scalar",
-            f"{r['nonzeros']}/{r['numel']}",
-            human_bytes(r["fp32"]),
-            human_bytes(r["fp16"]),
-            human_bytes(r["csr_fp16"]),
-            human_bytes(r["bitmask_fp16"]),
-            f"{human_bytes(r['best'])} ({r['chosen']})",
-        ]
+        [r["name"], "x".join(map(str, r["shape"])) or "scalar", f"{r['nonzeros']}/{r['numel']}",
+         *(_cell(r, f) for f in formats)]
         for r in rows
     ]
-    total = ["total", "", f"{m['params_nonzero']:.0f}/{m['params_total']:.0f} params"] + [
-        human_bytes(m[k])
-        for k in (
-            "footprint_fp32_bytes",
-            "footprint_fp16_bytes",
-            "footprint_csr_fp16_bytes",
-            "footprint_bitmask_fp16_bytes",
-            "footprint_best_bytes",
-        )
-    ]
-    return _grid(header, [*body, total])
+    total = ["total", "", f"{m['params_nonzero']:.0f}/{m['params_total']:.0f} params"]
+    return _grid(header, [*body, total + [human_bytes(m[f.metric]) for f in formats]])
 
 
 def _activation_lines(act: dict[str, Any]) -> list[str]:
@@ -124,9 +107,9 @@ def footprint_figure(fp: Footprint) -> Figure:
     fig = Figure(figsize=(7, 4), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    labels = [label for label, _, _ in BARS]
-    params = [fp.metrics[p] for _, p, _ in BARS]
-    acts = [fp.metrics[a] for _, _, a in BARS]
+    labels = [f.label for f in FORMATS.values()]
+    params = [fp.metrics[f.metric] for f in FORMATS.values()]
+    acts = [fp.metrics[f.codec.activation_metric] for f in FORMATS.values()]
     ax.bar(labels, params, label="parameters")
     ax.bar(
         labels,

@@ -2,6 +2,10 @@
 
 Option A: identity shortcuts, and at a stage change a stride-2 subsample with the missing channels
 zero-padded. This keeps ResNet-20 at 0.27M parameters, as published.
+
+The padding is computed from the actual channel counts (the block input and the residual branch's output),
+so a stage-width channel cut (`prune_tracker.pruning.stages`) that keeps the input channels centred in the
+next stage's channels leaves a model that rebuilds from its layer widths alone.
 """
 
 from __future__ import annotations
@@ -12,16 +16,20 @@ from torch import nn
 
 
 class PadShortcut(nn.Module):
-    """Option-A shortcut: subsample by 2 and zero-pad the channel dimension."""
+    """Option-A shortcut: subsample by 2 and zero-pad the channel dimension to `planes` channels (the
+    block passes its residual branch's width, so the padding follows the actual channel counts): input
+    channel c lands on output channel (planes - C_in) // 2 + c."""
 
     def __init__(self, in_planes: int, planes: int):
         super().__init__()
-        self.in_planes = in_planes
+        self.in_planes = in_planes  # informative; the forward pass uses the actual widths
         self.planes = planes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, planes: int | None = None) -> torch.Tensor:
         x = x[:, :, ::2, ::2]
-        missing = self.planes - x.shape[1]
+        missing = (self.planes if planes is None else planes) - x.shape[1]
+        if missing < 0:
+            raise RuntimeError(f"PadShortcut: {x.shape[1]} input channels do not fit {missing + x.shape[1]}")
         return F.pad(x, (0, 0, 0, 0, missing // 2, missing - missing // 2))
 
 
@@ -41,6 +49,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if isinstance(self.shortcut, PadShortcut):
+            return F.relu(out + self.shortcut(x, out.shape[1]))
         return F.relu(out + self.shortcut(x))
 
 

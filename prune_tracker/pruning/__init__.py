@@ -9,6 +9,7 @@ One file per method; importing this package registers all of them.
 """
 
 from . import (  # noqa: F401  (imported to register the methods)
+    fm_norm,
     global_l1,
     gmp,
     han,
@@ -30,8 +31,9 @@ from .base import (
     validate_ratio,
 )
 from .channels import channel_ratio_for_param_reduction, channel_scope, remove_channels
+from .iterative import iterative_prune  # noqa: F401  (public: iterative rounds for any method)
 from .layers import channels_per_layer, prunable_layers
-from .masks import count_nonzero_params, global_sparsity, make_permanent, sparsity_report
+from .masks import count_nonzero_params, global_sparsity, make_permanent, reattach_masks, sparsity_report
 
 __all__ = [
     "PruneContext",
@@ -46,6 +48,7 @@ __all__ = [
     "known_methods",
     "make_permanent",
     "prunable_layers",
+    "reattach_masks",
     "register_method",
     "remove_channels",
     "sparsity_report",

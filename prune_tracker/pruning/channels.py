@@ -9,7 +9,8 @@ Scope (Li et al. 2017 Sec. 4.2; shared/notes/torch-pruning-facts.md):
 - VGG (`features` Sequential): every conv except the last `skip_last` ones; the conv feeding the classifier
   trims Linear-1's inputs through the graph (Li et al. Sec. 4.1).
 Block outputs, stem and classifier outputs stay, so `build_from_spec(architecture_spec(...))` rebuilds
-every result.
+every result. This is the methods' `scope=block` (the default). On option-A CIFAR ResNets, `scope=stage`
+cuts the block outputs of each stage by hand (`stages.py`), `scope=all` does both.
 """
 
 from __future__ import annotations
@@ -232,12 +233,17 @@ def params_at_channel_ratio(model: nn.Module, ratio: float, skip_last: int = 0) 
 
 
 def channel_ratio_for_param_reduction(model: nn.Module, target: float, skip_last: int = 0,
-                                      iters: int = 30) -> tuple[float, float]:
+                                      iters: int = 30, scope: str = "block") -> tuple[float, float]:
     """Smallest uniform channel ratio whose parameter reduction reaches `target` (bisection on the count,
-    no data needed). Returns (ratio, achieved reduction); if unreachable, the largest ratio and its
-    reduction (< target)."""
+    no data needed) for a cut in `scope` (block | stage | all, see `stages.py`). Returns (ratio, achieved
+    reduction); if unreachable, the largest ratio and its reduction (< target)."""
+    from .stages import scoped_param_count  # stages builds on this module
+
     base = _count(model)
-    reduction = lambda r: 1.0 - params_at_channel_ratio(model, r, skip_last) / base  # noqa: E731
+    if scope == "block":
+        reduction = lambda r: 1.0 - params_at_channel_ratio(model, r, skip_last) / base  # noqa: E731
+    else:
+        reduction = lambda r: 1.0 - scoped_param_count(model, r, scope, skip_last) / base  # noqa: E731
     hi = 0.999
     if reduction(hi) < target:
         return hi, reduction(hi)

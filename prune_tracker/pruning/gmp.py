@@ -6,7 +6,9 @@ it beats one-shot pruning + the same fine-tuning budget, with no extra hyper-par
 Schedule (Methods, Eq. 1): s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3 for t = t0, t0 + dt, ...,
 t0 + n dt. Here t counts optimizer steps of `ctx.finetune(model, epochs)`, t0 = 0 and the last pruning step
 is at `end_fraction` of the run (the rest recovers with a fixed mask; Distiller ends pruning before the
-last epoch too), dt = `frequency` steps (tfmot default 100). Masks are updated from `step_callback` and
+last epoch too), dt = `frequency` steps (tfmot default 100), shortened to window // MIN_PRUNING_STEPS when
+the pruning window is shorter than MIN_PRUNING_STEPS * frequency steps, so even a short fine-tune (e.g. 78
+steps) prunes gradually instead of in one cut. Masks are updated from `step_callback` and
 only ever grow (AND with the previous mask), so masked weights get no updates. After the run the mask is
 set to exactly s_f, so the target is reached even if the run had fewer steps than the schedule expects.
 `scope`: `global` (one magnitude threshold) or `layer` (each layer at s_t).
@@ -24,6 +26,14 @@ from .common import LAYER_OPTIONS, n_weights, target_layers, unstructured_result
 from .han import prune_layer_to
 from .masks import apply_masks, attach_identity_masks, current_weight, global_masks
 
+MIN_PRUNING_STEPS = 10
+
+
+def effective_frequency(frequency: int, window: int) -> int:
+    """Steps between mask updates: `frequency`, but at least MIN_PRUNING_STEPS updates in `window` steps
+    (every step when the window is shorter than that)."""
+    return max(1, min(frequency, window // MIN_PRUNING_STEPS))
+
 
 def gmp_sparsity(
     step: int,
@@ -38,7 +48,8 @@ def gmp_sparsity(
     end = max(1, math.ceil(end_fraction * total_steps))
     if step >= end:
         return final
-    t = (step // max(1, frequency)) * max(1, frequency)
+    dt = effective_frequency(frequency, end)
+    t = (step // dt) * dt
     return final + (initial - final) * (1.0 - t / end) ** 3
 
 

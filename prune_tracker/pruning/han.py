@@ -11,7 +11,9 @@ Choices (documented, since the paper leaves them to a sensitivity scan):
 - Schedule: round k of R prunes each layer to s_k = 1 - (1 - ratio)^(k/R): the same fraction of the
   surviving weights each round, ending exactly at `ratio`. Between rounds the model is retrained for
   `round_epochs` (ctx.finetune); the caller's fine-tune is the retraining after the last round, so the
-  method spends (R-1) * round_epochs epochs itself.
+  method spends (R-1) * round_epochs epochs itself. This is `iterative.run_rounds` (the loop every method
+  gets from `iterative_prune`) with a per-layer magnitude cut and `finetune_last=False`;
+  `iterative_prune(han, ...)` makes one such cut per round (`prunes_in_rounds`).
 - Pruned weights stay masked (Sec. 3.2): masks are AND-ed round after round, never revived.
 """
 
@@ -23,12 +25,13 @@ from torch import nn
 
 from .base import PruneContext, PruneResult, PruningMethod, register_method
 from .common import LAYER_OPTIONS, target_layers, unstructured_result
-from .masks import current_weight, keep_top_k, set_mask
+from .iterative import round_targets, run_rounds
+from .masks import current_weight, global_sparsity, keep_top_k, set_mask
 
 
 def han_schedule(ratio: float, rounds: int) -> list[float]:
     """Cumulative per-layer sparsity after each round: 1 - (1-ratio)^(k/rounds), k = 1..rounds."""
-    return [1.0 - (1.0 - ratio) ** (k / rounds) for k in range(1, rounds + 1)]
+    return round_targets(ratio, rounds)
 
 
 def prune_layer_to(module: nn.Module, sparsity: float) -> None:
@@ -41,6 +44,7 @@ def prune_layer_to(module: nn.Module, sparsity: float) -> None:
 @register_method("han")
 class Han(PruningMethod):
     structured = False
+    prunes_in_rounds = True  # iterative_prune runs it with rounds=1, round_epochs=0 in each of its rounds
     params = {**LAYER_OPTIONS, "rounds": 3, "round_epochs": 1.0}
     summary = "iterative per-layer magnitude prune + retrain (Han et al. 2015)"
 
@@ -49,12 +53,15 @@ class Han(PruningMethod):
             raise ValueError(f"han: rounds must be >= 1 and round_epochs >= 0, got {opts}")
         layers = target_layers(model, opts)
         schedule = han_schedule(ratio, opts["rounds"])
-        spent = 0.0
-        for k, sparsity in enumerate(schedule):
+
+        def cut(pruned: nn.Module, _round: int, sparsity: float) -> nn.Module:
             for _, module in layers:
                 prune_layer_to(module, sparsity)
-            ctx.log(f"han: round {k + 1}/{len(schedule)} per-layer sparsity {sparsity:.3f}")
-            if k + 1 < len(schedule) and opts["round_epochs"] > 0:
-                ctx.finetune(model, opts["round_epochs"])
-                spent += opts["round_epochs"]
+            return pruned
+
+        def measure(pruned: nn.Module) -> float:
+            return global_sparsity(pruned, opts["keep_first"], opts["keep_last"])
+
+        model, _, spent = run_rounds(model, schedule, cut, ctx, opts["round_epochs"], measure, finetune_last=False,
+                                     label="han")
         return unstructured_result(model, opts, finetuned_epochs=spent, schedule=schedule)

@@ -4,21 +4,27 @@ Why: the reference *structured* method: filters with the smallest sum |w| are re
 maps, BN entries and the next layer's input kernels (Sec. 3.1), so the result is a smaller dense network
 that runs faster on any hardware, not just a sparse one.
 
-Scope: see `channels.py` (block-internal conv1 on ResNets, Sec. 4.2; every VGG conv but the last
-`skip_last`). Ratio: fraction of filters removed per pruned layer (`per_layer=uniform`), or the
+Scope (`scope` option): `block` (default): see `channels.py` (block-internal conv1 on ResNets, Sec. 4.2;
+every VGG conv but the last `skip_last`); `stage` (option-A CIFAR ResNets only): the block outputs of every
+stage, chains of coupled channels ranked by the summed L1 norms of every filter writing them (see
+`stages.py`); `all`: block-internal, then stage. `per_layer=sensitivity` allocates the block-internal
+ratios only (the stage cut then uses `ratio` uniformly; scope=stage refuses it).
+Ratio: fraction of filters removed per pruned layer (`per_layer=uniform`), or the
 parameter-weighted mean over the pruned layers (`per_layer=sensitivity`: per-layer ratios from a sensitivity
 scan, Sec. 3.2; see `sensitivity.py`; table in details, plot in figures).
 `schedule`: `oneshot` ranks all layers on the original weights ("independent", Sec. 3.3) and prunes at
 once, as Li et al. do (Sec. 4); `layerwise` prunes one layer at a time, re-ranking after
 `ctx.finetune(model, layer_epochs)` between layers.
-Every cut goes through Torch-Pruning's DependencyGraph and is checked (widths, parameter count, forward).
+Every block-internal cut goes through Torch-Pruning's DependencyGraph, the stage cut is done by hand; both
+are checked (widths, parameter count, forward).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from .base import PruneContext, PruneResult, PruningMethod, register_method
 from .channels import (
@@ -32,6 +38,15 @@ from .channels import (
 )
 from .layers import channels_per_layer
 from .sensitivity import allocate, sensitivity_figure, sensitivity_scan
+from .stages import (
+    SCOPE_CHOICES,
+    SCOPE_OPTIONS,
+    check_scope,
+    cifar_stages,
+    lowest_chains,
+    prune_stages,
+    stage_filter_l1,
+)
 from .structured import STRUCTURED_OPTIONS, structured_result
 
 
@@ -65,14 +80,19 @@ def prune_filters(
     ratios: dict[str, float],
     ctx: PruneContext,
     opts: dict[str, Any],
+    score_layers: Callable[[list[ChannelLayer]], dict[str, Tensor]] | None = None,
 ) -> tuple[dict[str, list[int]], float]:
-    """Remove the lowest-L1 filters layer by layer; returns kept indices and fine-tuning epochs spent."""
+    """Remove the lowest-scoring filters layer by layer (default score: L1 norm; `score_layers` maps
+    layers to per-filter scores on the model as it is now); returns kept indices and fine-tuning epochs
+    spent."""
+    if score_layers is None:
+        score_layers = lambda lays: {lay.name: filter_l1(lay.conv) for lay in lays}  # noqa: E731
     pruner = ChannelPruner(model, ctx.example_input)
-    oneshot = opts["schedule"] == "oneshot"
-    scores = {layer.name: filter_l1(layer.conv) for layer in layers} if oneshot else {}
+    oneshot = opts.get("schedule", "oneshot") == "oneshot"
+    scores = score_layers(layers) if oneshot else {}
     kept, spent = {}, 0.0
     for i, layer in enumerate(layers):
-        score = scores[layer.name] if oneshot else filter_l1(layer.conv)
+        score = scores[layer.name] if oneshot else score_layers([layer])[layer.name]
         c = layer.conv.out_channels
         idxs = lowest(score, n_remove(c, ratios[layer.name]))
         kept[layer.name] = [j for j in range(c) if j not in set(idxs)]
@@ -92,19 +112,31 @@ class LiFilters(PruningMethod):
     ratio_kind = "channels"
     params = {
         **STRUCTURED_OPTIONS,
+        **SCOPE_OPTIONS,
         "per_layer": "uniform",
         "schedule": "oneshot",
         "layer_epochs": 0.1,
         "sensitivity_ratios": (0.2, 0.4, 0.6, 0.8, 0.9),
     }
-    choices = {"per_layer": ("uniform", "sensitivity"), "schedule": ("oneshot", "layerwise")}
+    choices = {"per_layer": ("uniform", "sensitivity"), "schedule": ("oneshot", "layerwise"), **SCOPE_CHOICES}
     summary = "L1-norm filter pruning, channels removed (Li et al. 2017)"
 
     def _prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **opts: Any) -> PruneResult:
-        layers = channel_scope(model, opts["skip_last"])
+        staged = check_scope(model, opts["scope"], self.name)
+        if opts["scope"] == "stage" and opts["per_layer"] == "sensitivity":
+            raise ValueError("li_filters: per_layer=sensitivity allocates block-internal ratios: use scope=block|all")
+        layers = channel_scope(model, opts["skip_last"]) if opts["scope"] != "stage" else []
         before = channels_per_layer(model)
-        ratios, details, figures = layer_ratios(model, layers, ratio, ctx, opts)
-        kept, spent = prune_filters(model, layers, ratios, ctx, opts)
+        kept: dict[str, list[int]] = {}
+        details: dict[str, Any] = {}
+        figures: dict[str, Any] = {}
+        spent = 0.0
+        if layers:
+            ratios, details, figures = layer_ratios(model, layers, ratio, ctx, opts)
+            kept, spent = prune_filters(model, layers, ratios, ctx, opts)
+        if staged:
+            scores = lowest_chains([stage_filter_l1(s) for s in cifar_stages(model)])
+            details["stages"] = prune_stages(model, ratio, ctx.example_input, scores)
         result = structured_result(model, layers, before, kept, finetuned_epochs=spent, **details)
         result.figures.update(figures)
         return result

@@ -111,3 +111,14 @@ def count_nonzero_params(model: nn.Module) -> int:
             else:
                 total += int((param.detach() != 0).sum())
     return total
+
+
+def reattach_masks(model: nn.Module) -> int:
+    """Re-create torch.nn.utils.prune masks from the zeros of an unstructured-pruned model, so fine-tuning
+    keeps pruned weights at exactly zero. Returns the number of masked layers."""
+    masked = 0
+    for _, module in prunable_layers(model, keep_first=False, keep_last=False):
+        if not torch.all(module.weight != 0):
+            prune.custom_from_mask(module, "weight", (module.weight != 0).to(module.weight.dtype))
+            masked += 1
+    return masked

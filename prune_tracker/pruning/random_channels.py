@@ -2,7 +2,9 @@
 
 Why: the control for any filter-importance criterion; Liu et al. ("Rethinking the Value of Network
 Pruning", 2019) found random/uniform structures often close to L1 ones after fine-tuning, so a structured
-method has to beat this to claim its criterion matters. Ratio: fraction of channels removed per layer.
+method has to beat this to claim its criterion matters. Ratio: fraction of channels removed per layer
+(per stage for the stage cut). `scope`: block | stage | all as `li_filters` (see `stages.py`); the stage
+cut draws its coupled channel chains at random (uniformly within each selection group).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 from .base import PruneContext, PruneResult, PruningMethod, register_method
 from .channels import channel_scope, n_remove, remove_channels
 from .layers import channels_per_layer
+from .stages import SCOPE_CHOICES, SCOPE_OPTIONS, check_scope, cifar_stages, lowest_chains, prune_stages
 from .structured import STRUCTURED_OPTIONS, structured_result
 
 
@@ -23,16 +26,22 @@ class RandomChannels(PruningMethod):
     structured = True
     changes_architecture = True
     ratio_kind = "channels"
-    params = {**STRUCTURED_OPTIONS, "seed": 0}
+    params = {**STRUCTURED_OPTIONS, **SCOPE_OPTIONS, "seed": 0}
+    choices = SCOPE_CHOICES
     summary = "random filter removal (structured baseline)"
 
     def _prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **opts: Any) -> PruneResult:
-        layers = channel_scope(model, opts["skip_last"])
+        staged = check_scope(model, opts["scope"], self.name)
+        layers = channel_scope(model, opts["skip_last"]) if opts["scope"] != "stage" else []
         before = channels_per_layer(model)
         gen = torch.Generator().manual_seed(opts["seed"])
         plan = {}
         for layer in layers:
             c = layer.conv.out_channels
             plan[layer.name] = sorted(torch.randperm(c, generator=gen)[: n_remove(c, ratio)].tolist())
-        kept = remove_channels(model, plan, ctx.example_input, opts["skip_last"])
-        return structured_result(model, layers, before, kept)
+        kept = remove_channels(model, plan, ctx.example_input, opts["skip_last"]) if layers else {}
+        details = {}
+        if staged:  # i.i.d. random channel scores: chains of one group have exchangeable sums
+            scores = [torch.rand(s.width, generator=gen) for s in cifar_stages(model)]
+            details["stages"] = prune_stages(model, ratio, ctx.example_input, lowest_chains(scores))
+        return structured_result(model, layers, before, kept, **details)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import logging
 import os
 import re
 import tempfile
@@ -31,14 +32,55 @@ from ..models import architecture_spec, build_from_spec, build_model
 # Artifact downloads while loading a model would otherwise draw progress bars into command output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-STAGES = ("train", "prune", "finetune", "evaluate", "compare", "report", "pipeline")
+MODEL_ARTIFACT = "model"
 SPEC_DIR = "model_spec"
 SPEC_FILE = "architecture.json"
 STATE_FILE = "state_dict.pt"
 
 
+# The MLflow UI opens an experiment of this kind in its table of training runs, not in the GenAI overview.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+TrackingError = MlflowException  # what the tracking server or store raises, for callers without an MLflow import
+
+
 class ModelLoadError(ValueError):
     """A model URI or file could not be resolved or does not fit its architecture."""
+
+
+def _tag_experiment_kind(experiment_id: str) -> None:
+    client = MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def use_experiment(name: str) -> str:
+    """Make `name` the active experiment (created if missing) and tag it as a model-development one."""
+    experiment_id = mlflow.set_experiment(name).experiment_id
+    _tag_experiment_kind(experiment_id)
+    return experiment_id
+
+
+def runs_page_url(experiment_id: str) -> str:
+    """The MLflow UI page listing an experiment's runs (a local store is served by `mlflow ui`)."""
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs"
+
+
+def ui_hint(run_id: str) -> str:
+    """One line telling where to see a run: its experiment's runs page (and the command serving a local store)."""
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    uri = mlflow.get_tracking_uri()
+    serve = "" if uri.startswith(("http://", "https://")) else f"  (serve it: mlflow ui --backend-store-uri {uri})"
+    return f"runs: {runs_page_url(experiment_id)}{serve}"
+
+
+def short_id(run_id: str | None) -> str:
+    return (run_id or "")[:8]
 
 
 # ---------------------------------------------------------------- runs
@@ -59,11 +101,12 @@ def tracked_run(
     launched_by_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID")) and not nested
     reopen = resume_run_id if resume_run_id and not launched_by_mlflow_run else None
     if experiment_name and not launched_by_mlflow_run and not nested and not reopen:
-        mlflow.set_experiment(experiment_name)
-    run = mlflow.start_run(run_id=reopen, run_name=None if launched_by_mlflow_run or reopen else run_name,
-                           nested=nested)
+        use_experiment(experiment_name)
+    run = mlflow.start_run(run_id=reopen, nested=nested)
     try:
-        mlflow.set_tags({"stage": stage, **(tags or {})})
+        _tag_experiment_kind(run.info.experiment_id)
+        # Also names the run `mlflow run` created (MLflow gave it a random name) and a reopened one.
+        mlflow.set_tags({"stage": stage, **(tags or {}), **({"mlflow.runName": run_name} if run_name else {})})
         yield run
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
@@ -107,17 +150,38 @@ def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: st
             mlflow.log_metric(key, value, step=step, model_id=model_id)
 
 
+def _dataset_source(source: str):
+    """The MLflow dataset source of a `DataSplits.source` string, typed explicitly: a bare path would match
+    two registered local-file sources and MLflow warns about it on every run."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
+
+    kind, _, location = source.partition(":")  # "archive:/path", "torchvision:/root", "synthetic"
+    if kind == "synthetic":
+        return CodeDatasetSource(tags={"generator": "prune_tracker.data.synthetic_images"})
+    local = [s for s in get_registered_sources() if s._get_source_type() == "local"][:1]
+    return resolve_dataset_source(str(Path(location).resolve()), candidate_sources=local)
+
+
 def log_dataset(splits, name: str) -> None:
     """The training split as an MLflow dataset input (a digest of the uint8 images, not a copy)."""
-    images = splits.train.images[:256].numpy()
-    source = splits.source.split(":", 1)[-1]  # "archive:/path" -> a path MLflow can resolve
-    dataset = mlflow.data.from_numpy(
-        images, targets=splits.train.labels[:256].numpy(), source=source, name=name
-    )
+    dataset = mlflow.data.from_numpy(splits.train.images[:256].numpy(), targets=splits.train.labels[:256].numpy(),
+                                     source=_dataset_source(splits.source), name=name)
     mlflow.log_input(dataset, context="training")
 
 
 # ---------------------------------------------------------------- models
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def runtime_requirements() -> list[str]:
@@ -143,14 +207,31 @@ def log_model(model: nn.Module, arch: str, num_classes: int, extra_spec: dict[st
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     signature = mlflow.models.infer_signature(example, output)
-    info = mlflow.pytorch.log_model(model, name="model", serialization_format="pickle", signature=signature,
-                                    input_example=example, pip_requirements=runtime_requirements())
+    with _quiet_logger("mlflow.pytorch"):  # its pickle caution: we log spec + state_dict for a safe load
+        info = mlflow.pytorch.log_model(model, name=MODEL_ARTIFACT, serialization_format="pickle",
+                                        signature=signature, input_example=example,
+                                        pip_requirements=runtime_requirements())
     mlflow.log_dict(spec, f"{SPEC_DIR}/{SPEC_FILE}")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / STATE_FILE
         torch.save(model.state_dict(), path)
         mlflow.log_artifact(str(path), SPEC_DIR)
     return info.model_id
+
+
+def log_files_model(local_dir: Path, name: str, tags: dict[str, str], metrics: dict[str, float]) -> str:
+    """Log a folder (a deployable file and its architecture spec; no MLmodel, no pickle) as an MLflow logged
+    model named `name` of the active run, so `runs:/<id>/<name>` and the registry can name it."""
+    run = mlflow.active_run()
+    model = mlflow.initialize_logged_model(name=name, source_run_id=run.info.run_id, tags=tags)
+    try:
+        MlflowClient().log_model_artifacts(model.model_id, str(local_dir))
+    except BaseException:
+        mlflow.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    mlflow.finalize_logged_model(model.model_id, "READY")
+    log_metrics(metrics, model_id=model.model_id)
+    return model.model_id
 
 
 @dataclass
@@ -217,38 +298,101 @@ def _spec_from_state(state: dict[str, torch.Tensor], layers: dict[str, dict]) ->
     return out
 
 
-def save_model_file(model: nn.Module, spec: dict[str, Any], path: Path) -> None:
-    torch.save({"spec": spec, "state_dict": model.cpu().state_dict()}, path)
+_URI_FORMS = ("runs:/<run_id>/model, models:/<name>@<alias>, models:/<name>/<version>, models:/<model_id>, "
+              "m-<id>, or a local .pt file")
 
 
-def resolve_run_id(model_uri: str) -> str:
-    """The run that logged the model behind `runs:/`, `models:/<name>@<alias>`, `models:/<name>/<version>`,
+def _logged_model_location(client: MlflowClient, model_id: str) -> tuple[str, str]:
+    logged = client.get_logged_model(model_id)
+    return logged.source_run_id, logged.name
+
+
+def _source_location(client: MlflowClient, source: str) -> tuple[str, str]:
+    """(run id, artifact name) of a registered version's source: `runs:/<id>/<path>` or `models:/m-...`."""
+    if source.startswith("runs:/"):
+        run_id, _, path = source[len("runs:/"):].partition("/")
+        return run_id, path.strip("/")
+    model_id = source.rsplit("/", 1)[-1] if "/models/" in source or source.startswith("models:/") else source
+    return _logged_model_location(client, model_id)
+
+
+def resolve_model_location(model_uri: str) -> tuple[str, str]:
+    """(run id, artifact name) behind `runs:/<id>/<name>`, `models:/<name>@<alias>`, `models:/<name>/<version>`,
     `models:/<model id>` or a bare logged-model id `m-...`."""
     client = MlflowClient()
     try:
         if model_uri.startswith("runs:/"):
-            run_id = model_uri[len("runs:/") :].split("/")[0]
+            run_id, _, path = model_uri[len("runs:/") :].partition("/")
             client.get_run(run_id)
-            return run_id
+            if not path.strip("/"):
+                raise ModelLoadError(f"model_uri {model_uri!r} names no artifact; e.g. runs:/{run_id}/model")
+            return run_id, path.strip("/")
         target = model_uri[len("models:/") :] if model_uri.startswith("models:/") else model_uri
         if re.fullmatch(r"m-[0-9a-f]+", target):
-            return client.get_logged_model(target).source_run_id
+            return _logged_model_location(client, target)
         if "@" in target:
             name, alias = target.split("@", 1)
-            return client.get_model_version_by_alias(name, alias).run_id
+            return _source_location(client, client.get_model_version_by_alias(name, alias).source)
         name, _, version = target.rpartition("/")
         if name and version.isdigit():
-            return client.get_model_version(name, version).run_id
+            return _source_location(client, client.get_model_version(name, version).source)
     except MlflowException as err:
         raise ModelLoadError(f"model_uri {model_uri!r} not found: {err.message.splitlines()[0]}") from None
-    raise ModelLoadError(
-        f"model_uri {model_uri!r} is not one of: runs:/<run_id>/model, models:/<name>@<alias>, "
-        "models:/<name>/<version>, models:/<model_id>, m-<id>, or a local .pt file"
-    )
+    raise ModelLoadError(f"model_uri {model_uri!r} is not one of: {_URI_FORMS}")
+
+
+def resolve_run_id(model_uri: str) -> str:
+    return resolve_model_location(model_uri)[0]
+
+
+# The deployable variants a run logs beside its `model`, by precision (prune-tracker's quantised formats).
+PRECISION_ARTIFACTS = {"fp16": MODEL_ARTIFACT, "int8": "model_int8", "int4": "model_int4", "w8a8": "model_int8"}
+
+
+def logged_model_uri(run_id: str, name: str = MODEL_ARTIFACT) -> str | None:
+    """`models:/<model id>` of the model named `name` that run `run_id` logged (MLflow 3 keeps models apart from
+    the run's artifacts); None when it logged none by that name."""
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    models = mlflow.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}], output_format="list")
+    return f"models:/{models[0].model_id}" if models else None
+
+
+def run_artifact_names(run_id: str) -> list[str]:
+    return sorted(Path(info.path).name for info in MlflowClient().list_artifacts(run_id))
+
+
+QUANTISED_ARTIFACTS = ("model_int8", "model_int4")
+
+
+def _loadable_models(run_id: str) -> list[str]:
+    return [name for name in (MODEL_ARTIFACT, *QUANTISED_ARTIFACTS) if logged_model_uri(run_id, name)]
+
+
+def _check_artifact_name(model_uri: str, run_id: str, name: str) -> None:
+    """A URI loads what it names: a name the run did not log is an error naming what the run has."""
+    if name == MODEL_ARTIFACT or (name in QUANTISED_ARTIFACTS and logged_model_uri(run_id, name)):
+        return
+    loadable = ", ".join(_loadable_models(run_id)) or "none"
+    raise ModelLoadError(f"model_uri {model_uri!r}: run {run_id} has no loadable model {name!r}; loadable: {loadable}")
+
+
+def _load_quantised(model_uri: str, run_id: str, name: str) -> LoadedModel:
+    """A deployable int8 / int4 file: rebuilt from its architecture spec and packed tensors, never unpickled."""
+    from ..quant import QUANT_FILE_NAME, load_quantized
+
+    source = model_uri if re.fullmatch(r"(models:/)?m-[0-9a-f]+", model_uri) else logged_model_uri(run_id, name)
+    source = source if source.startswith("models:/") else f"models:/{source}"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
+        model, spec = load_quantized(folder / QUANT_FILE_NAME)
+    return LoadedModel(model.eval(), spec, run_id, model_uri)
 
 
 def load_model(model_uri: str, arch: str | None = None) -> LoadedModel:
-    """Load a model from a tracking-server URI or a local file, rebuilding it from spec + state_dict."""
+    """Load a model from a tracking-server URI or a local file, rebuilding it from spec + state_dict.
+    `arch`, when given, must agree with the architecture the model was logged with."""
     path = Path(model_uri).expanduser()
     if (
         "://" not in model_uri
@@ -257,8 +401,11 @@ def load_model(model_uri: str, arch: str | None = None) -> LoadedModel:
     ):
         if not path.exists():
             raise ModelLoadError(f"model file {model_uri!r} does not exist")
-        return load_model_file(path, arch)
-    run_id = resolve_run_id(model_uri)
+        return _check_arch_agrees(load_model_file(path, arch), arch, model_uri)
+    run_id, artifact = resolve_model_location(model_uri)
+    _check_artifact_name(model_uri, run_id, artifact)
+    if artifact in QUANTISED_ARTIFACTS:
+        return _check_arch_agrees(_load_quantised(model_uri, run_id, artifact), arch, model_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             folder = Path(
@@ -269,7 +416,8 @@ def load_model(model_uri: str, arch: str | None = None) -> LoadedModel:
         if folder is not None and (folder / SPEC_FILE).exists():
             spec = json.loads((folder / SPEC_FILE).read_text())
             state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-            return LoadedModel(_load_checked(spec, state, model_uri), spec, run_id, model_uri)
+            loaded = LoadedModel(_load_checked(spec, state, model_uri), spec, run_id, model_uri)
+            return _check_arch_agrees(loaded, arch, model_uri)
         # A model logged outside prune-tracker: mlflow.pytorch unpickles it (trust = the server's).
         model = mlflow.pytorch.load_model(model_uri, dst_path=tmp)
     if not arch:
@@ -277,6 +425,21 @@ def load_model(model_uri: str, arch: str | None = None) -> LoadedModel:
     return LoadedModel(
         model, architecture_spec(model, arch, _infer_num_classes(model.state_dict())), run_id, model_uri
     )
+
+
+def _check_arch_agrees(loaded: LoadedModel, arch: str | None, origin: str) -> LoadedModel:
+    logged = loaded.spec.get("arch")
+    if arch and logged and arch != logged:
+        raise ModelLoadError(f"arch={arch!r} conflicts with {origin!r}, which was logged as arch={logged!r}; "
+                             "omit arch or pass the logged one")
+    return loaded
+
+
+def finished_run_with_tag(experiment_id: str, key: str, value: str) -> str | None:
+    """The newest FINISHED run of the experiment whose tag `key` equals `value`."""
+    runs = MlflowClient().search_runs([experiment_id], f"tags.{key} = '{value}' and attributes.status = 'FINISHED'",
+                                      max_results=1, order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
 
 
 def run_tags(run_id: str) -> dict[str, str]:
@@ -307,3 +470,22 @@ def load_checkpoint(run_id: str, name: str = "checkpoint/last.pt") -> dict[str, 
     with tempfile.TemporaryDirectory() as tmp:
         path = download_artifact(run_id, name, Path(tmp))
         return torch.load(path, map_location="cpu", weights_only=True) if path else None
+
+
+# ---------------------------------------------------------------- artifacts
+# (stage runs, tags, documents and figures: tracking/artifacts.py, re-exported at the end of this module)
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    return MlflowClient().get_run(run_id).data.params
+
+
+from .artifacts import (  # noqa: E402,F401  (re-exported: the package is the one MLflow entry)
+    load_dict,
+    log_artifact,
+    log_dict,
+    log_figure,
+    log_text,
+    set_tags,
+    stage_run,
+)

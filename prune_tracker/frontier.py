@@ -1,0 +1,265 @@
+"""Pure frontier logic over finished runs, seen as points (footprint, accuracy): no MLflow here.
+
+* :class:`RunPoint` is one (run, precision); :func:`pareto_front` / :func:`grouped_front` are the
+  non-dominated ones.
+* :func:`best_under_budget` and :func:`smallest_above_floor` answer "best accuracy within a footprint budget"
+  and "smallest footprint above an accuracy floor"; :func:`answer` asks both at once.
+
+Precisions (:data:`PRECISIONS`): a run that logged its deployable variants is one point per precision p:
+
+* y: ``<metric>_<p>`` (e.g. ``val_accuracy_int8``); for fp16 ``<metric>_fp16``, else ``<metric>`` (runs logged
+  before precisions existed, whose fp32 accuracy stands for the fp16 model): :func:`accuracy_metric`.
+* x: the fp16 point keeps the ``footprint`` option as it is (any of footprint_metrics(), e.g.
+  ``footprint_best_bytes``, ``total_fp16_best_bytes``, ``flops_dense``); the other precisions take its
+  counterpart in :data:`PRECISION_FOOTPRINTS` (:func:`precision_footprint`), e.g. ``footprint_best_bytes`` ->
+  ``footprint_best_int8_bytes`` / ``footprint_best_int4_bytes`` (w8a8: its int8 weights,
+  ``footprint_best_int8_bytes``), ``total_fp16_best_bytes`` -> ``total_w8a8_bytes`` for w8a8 only. A footprint
+  without a counterpart gives that precision no point. Shortcuts: ``best`` = footprint_best_bytes (default),
+  ``total`` = total_fp16_best_bytes (:data:`FOOTPRINT_SHORTCUTS`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prune_tracker.footprint.units import parse_bytes
+
+TEST_METRIC = "test_accuracy"
+FP16 = "fp16"
+PRECISIONS = (FP16, "int8", "int4", "w8a8")  # w8a8: int8 weights and int8 activations
+FOOTPRINT_SHORTCUTS = {"best": "footprint_best_bytes", "total": "total_fp16_best_bytes"}
+# fp16 footprint option -> {precision: the metric that precision's point takes as x}; fp16 keeps the option
+PRECISION_FOOTPRINTS: dict[str, dict[str, str]] = {
+    "footprint_best_bytes": {"int8": "footprint_best_int8_bytes", "int4": "footprint_best_int4_bytes",
+                             "w8a8": "footprint_best_int8_bytes"},
+    "footprint_fp16_bytes": {"int8": "footprint_int8_bytes", "int4": "footprint_int4_bytes",
+                             "w8a8": "footprint_int8_bytes"},
+    "footprint_csr_fp16_bytes": {"int8": "footprint_csr_int8_bytes", "int4": "footprint_csr_int4_bytes",
+                                 "w8a8": "footprint_csr_int8_bytes"},
+    "footprint_bitmask_fp16_bytes": {"int8": "footprint_bitmask_int8_bytes", "int4": "footprint_bitmask_int4_bytes",
+                                     "w8a8": "footprint_bitmask_int8_bytes"},
+    "total_fp16_best_bytes": {"w8a8": "total_w8a8_bytes"},
+    "activation_peak_fp16_bytes": {"w8a8": "activation_peak_int8_bytes"},
+}
+
+
+def resolve_footprint(footprint: str) -> str:
+    """The footprint metric an option names: ``best`` / ``total`` shortcuts expanded, anything else as is."""
+    return FOOTPRINT_SHORTCUTS.get(footprint, footprint)
+
+
+def precision_footprint(footprint: str, precision: str) -> str | None:
+    """The x metric of a ``precision`` point under the (fp16) ``footprint`` option; None when it has none."""
+    footprint = resolve_footprint(footprint)
+    if precision == FP16:
+        return footprint
+    return PRECISION_FOOTPRINTS.get(footprint, {}).get(precision)
+
+
+def footprint_precisions(footprint: str) -> tuple[str, ...]:
+    """The precisions that have a point under ``footprint``, in :data:`PRECISIONS` order."""
+    return tuple(p for p in PRECISIONS if precision_footprint(footprint, p) is not None)
+
+
+def accuracy_metric(metric: str, precision: str, metrics: Mapping[str, float] | None = None) -> str:
+    """``<metric>_<precision>``; for fp16 that name when ``metrics`` holds it (or is not given), else ``metric``."""
+    name = f"{metric}_{precision}"
+    if precision == FP16 and metrics is not None and name not in metrics:
+        return metric
+    return name
+
+
+def precision_rank(precision: str) -> int:
+    return PRECISIONS.index(precision) if precision in PRECISIONS else len(PRECISIONS)
+
+
+def parse_precisions(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """``"fp16,int8"`` or ``["int8", "w8a8"]`` -> distinct precisions in :data:`PRECISIONS` order; None or empty
+    -> None (every precision found). ValueError naming the first unknown value and the allowed ones."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(item).strip().lower() for item in items if str(item).strip()]
+    for name in names:
+        if name not in PRECISIONS:
+            raise ValueError(f"unknown precision {name!r}; allowed: {', '.join(PRECISIONS)}")
+    return tuple(p for p in PRECISIONS if p in names) or None
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    """A finished run at one ``precision`` as a point (footprint, accuracy); ``root_*``: its unpruned
+    (stage=train) ancestor, whose footprint is its fp16 one for every precision (so the compression of a
+    quantised point counts quantisation too). Identity on a front: :attr:`key` = (run_id, precision)."""
+
+    run_id: str
+    experiment: str
+    method: str
+    ratio: float | None
+    stage: str
+    dataset: str
+    arch: str
+    accuracy: float
+    footprint: float
+    parent_run_id: str | None = None
+    root_run_id: str | None = None
+    root_footprint: float | None = None
+    tags: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    metrics: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+    precision: str = FP16
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(run_id, precision): a run is one point per precision."""
+        return (self.run_id, self.precision)
+
+    @property
+    def compression(self) -> float | None:
+        """root_footprint / footprint (1.0 for a train run), None when the root is unknown."""
+        if not self.root_footprint or self.footprint <= 0:
+            return None
+        return self.root_footprint / self.footprint
+
+    @property
+    def is_unpruned(self) -> bool:
+        return self.stage == "train"
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """The test accuracy at this precision (``test_accuracy_<p>``; fp16 falls back to ``test_accuracy``),
+        reported beside the (validation) accuracy it is ranked by."""
+        return self.metrics.get(accuracy_metric(TEST_METRIC, self.precision, self.metrics))
+
+
+def front_key(p: RunPoint) -> tuple[float, float, str, int]:
+    """Sort order of tables and fronts: footprint ascending, accuracy descending, run id, precision."""
+    return (p.footprint, -p.accuracy, p.run_id, precision_rank(p.precision))
+
+
+def fmt_ratio(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:g}"
+
+
+def fmt_compression(p: RunPoint) -> str:
+    return "-" if p.compression is None else f"{p.compression:.2f}x"
+
+
+def pareto_front(points: Iterable[RunPoint]) -> list[RunPoint]:
+    """Non-dominated points, sorted by :func:`front_key`.
+
+    ``q`` dominates ``p`` when ``q.footprint <= p.footprint`` and ``q.accuracy >= p.accuracy`` with at least
+    one of the two strict. So exact duplicates (same footprint and accuracy) are all kept, a point with the
+    same accuracy at a larger footprint is dropped, and so is one with lower accuracy at the same footprint.
+    O(n log n): one sort, then a sweep keeping the best accuracy seen at strictly smaller footprints.
+    """
+    ordered = sorted(points, key=front_key)
+    front: list[RunPoint] = []
+    best_smaller = -math.inf  # best accuracy among strictly smaller footprints
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j < len(ordered) and ordered[j].footprint == ordered[i].footprint:
+            j += 1
+        group_best = ordered[i].accuracy  # the group is sorted by accuracy descending
+        if group_best > best_smaller:
+            front.extend(p for p in ordered[i:j] if p.accuracy == group_best)
+            best_smaller = group_best
+        i = j
+    return front
+
+
+def group_points(points: Iterable[RunPoint], *keys: str) -> dict[tuple[str, ...], list[RunPoint]]:
+    """Points by the values of their ``keys`` attributes, groups sorted by those values."""
+    groups: dict[tuple[str, ...], list[RunPoint]] = {}
+    for p in points:
+        groups.setdefault(tuple(getattr(p, k) for k in keys), []).append(p)
+    return dict(sorted(groups.items()))
+
+
+def grouped_front(points: Sequence[RunPoint]) -> list[RunPoint]:
+    """The union of the Pareto fronts of each (dataset, arch): fronts never mix datasets."""
+    front = [p for pts in group_points(points, "dataset", "arch").values() for p in pareto_front(pts)]
+    return sorted(front, key=lambda p: (p.dataset, p.arch, *front_key(p)))
+
+
+def check_one_dataset(points: Iterable[RunPoint]) -> None:
+    """ValueError when the points hold several datasets: their accuracies share no front."""
+    datasets = sorted({p.dataset for p in points})
+    if len(datasets) > 1:
+        raise ValueError(
+            f"the runs found hold {len(datasets)} datasets ({', '.join(datasets)}); accuracies on different "
+            "datasets share no front: choose one with dataset=<name>"
+        )
+
+
+def best_under_budget(points: Iterable[RunPoint], budget_bytes: float) -> RunPoint | None:
+    """Most accurate point with ``footprint <= budget_bytes``, across precisions; ties: smaller footprint, then
+    smaller run id, then precision in :data:`PRECISIONS` order. None when nothing fits.
+    """
+    fits = [p for p in points if p.footprint <= budget_bytes]
+    return min(fits, key=lambda p: (-p.accuracy, p.footprint, p.run_id, precision_rank(p.precision)), default=None)
+
+
+def smallest_above_floor(points: Iterable[RunPoint], min_accuracy: float) -> RunPoint | None:
+    """Smallest-footprint point with ``accuracy >= min_accuracy``, across precisions; ties: higher accuracy,
+    then run id, then precision.
+
+    None when nothing reaches the floor.
+    """
+    fits = [p for p in points if p.accuracy >= min_accuracy]
+    return min(fits, key=front_key, default=None)
+
+
+def parse_budget(budget: str | float | None) -> float | None:
+    """``"1.5MB"``, ``"300 KiB"``, ``1e6`` -> bytes (via footprint.parse_bytes for strings)."""
+    if budget is None:
+        return None
+    if isinstance(budget, int | float):
+        return float(budget)
+    return float(parse_bytes(budget))
+
+
+@dataclass(frozen=True)
+class Answers:
+    """The two questions a lab asks of its runs; a winner is None when its question was not asked or
+    nothing qualifies."""
+
+    budget_bytes: float | None = None
+    min_accuracy: float | None = None
+    best_under_budget: RunPoint | None = None
+    smallest_above_floor: RunPoint | None = None
+
+    @property
+    def champion(self) -> RunPoint | None:
+        """The model to promote: the budget winner, else the floor winner."""
+        return self.best_under_budget or self.smallest_above_floor
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "budget_bytes": self.budget_bytes,
+            "best_under_budget": point_summary(self.best_under_budget),
+            "min_accuracy": self.min_accuracy,
+            "smallest_above_floor": point_summary(self.smallest_above_floor),
+        }
+
+
+def answer(points: Sequence[RunPoint], budget_bytes: float | None, min_accuracy: float | None) -> Answers:
+    """Ask each question that has a value: ``budget_bytes`` and/or ``min_accuracy``."""
+    return Answers(
+        budget_bytes,
+        min_accuracy,
+        best_under_budget(points, budget_bytes) if budget_bytes is not None else None,
+        smallest_above_floor(points, min_accuracy) if min_accuracy is not None else None,
+    )
+
+
+def point_summary(p: RunPoint | None) -> dict[str, Any] | None:
+    """A point's fields and compression, without its tag and metric dictionaries (JSON-ready)."""
+    if p is None:
+        return None
+    summary = asdict(p)
+    del summary["tags"], summary["metrics"]
+    return summary | {"compression": p.compression, TEST_METRIC: p.test_accuracy}

@@ -1,0 +1,75 @@
+"""Defaults are declared in three places (MLproject, click options, config dataclasses): they must agree, and
+every MLproject parameter must reach its command."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import fields
+
+import pytest
+import yaml
+from conftest import PROJECT_ROOT
+
+from prune_tracker.cli import cli
+from prune_tracker.pipeline import PipelineConfig
+from prune_tracker.training import TrainConfig
+
+MLPROJECT = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())["entry_points"]
+
+
+def click_defaults(command_name: str) -> dict[str, object]:
+    """Default per option name as MLflow passes it (`--key value`): the dest name and every long spelling."""
+    defaults = {}
+    for param in cli.commands[command_name].params:
+        for name in (param.name, *(o.lstrip("-").replace("-", "_") for o in param.opts if o.startswith("--"))):
+            defaults[name] = param.default
+    return defaults
+
+
+def same(mlproject_value: object, click_value: object) -> bool:
+    if click_value is None or click_value == "":
+        return mlproject_value in ("", None)
+    if isinstance(click_value, bool):
+        return str(mlproject_value).lower() == str(click_value).lower()
+    if isinstance(click_value, int | float):
+        try:
+            return math.isclose(float(mlproject_value), float(click_value))
+        except (TypeError, ValueError):
+            return False
+    return str(mlproject_value) == str(click_value)
+
+
+@pytest.mark.parametrize("entry", sorted(MLPROJECT))
+def test_mlproject_defaults_equal_the_cli_defaults(entry):
+    defaults = click_defaults(entry)
+    for name, spec in MLPROJECT[entry]["parameters"].items():
+        assert name in defaults, f"{entry}: MLproject parameter {name} is not a CLI option"
+        if "default" in spec:
+            assert same(spec["default"], defaults[name]), (
+                f"{entry}.{name}: MLproject {spec['default']!r} != CLI {defaults[name]!r}")
+
+
+@pytest.mark.parametrize("entry", sorted(MLPROJECT))
+def test_every_mlproject_parameter_reaches_the_command(entry):
+    placeholders = set(re.findall(r"\{(\w+)\}", MLPROJECT[entry]["command"]))
+    assert placeholders == set(MLPROJECT[entry]["parameters"])
+
+
+def test_train_cli_defaults_equal_the_train_config():
+    defaults, config = click_defaults("train"), TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in defaults:
+            assert same(defaults[f.name], getattr(config, f.name)), f.name
+
+
+def test_main_cli_defaults_equal_the_pipeline_config():
+    defaults, config = click_defaults("main"), PipelineConfig()
+    assert defaults["methods"] == ",".join(config.methods)
+    assert [float(r) for r in defaults["ratios"].split(",")] == config.ratios
+    for name in ("arch", "finetune_epochs", "finetune_lr", "footprint", "budget", "register"):
+        assert same(defaults[name], getattr(config, name)), name
+    for name in ("epochs", "lr", "ema_decay", "resize_schedule", "batch_size"):
+        assert same(defaults[name], getattr(config.train, name)), name
+    for name in ("train_subset", "val_size", "dataset"):
+        assert same(defaults[name], getattr(config.data, name)), name

@@ -1,0 +1,150 @@
+"""The job layer without `mlflow run`: data split inheritance, the footprint-target search (a ceiling, for the
+method itself), failures inside an open run, code identity in pipeline step keys, budgets as fractions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from prune_tracker import jobs, provenance
+from prune_tracker.footprint import measure_footprint
+from prune_tracker.models import build_model
+from prune_tracker.pipeline import resolve_budget, step_key
+from prune_tracker.pruning import PruneContext, get_method
+from prune_tracker.pruning.target import search_ratio
+
+PARENT = {"dataset": "synthetic", "train_subset": "1000", "val_size": "200", "seed": "3", "data_dir": ""}
+
+
+# ------------------------------------------------------------------------------------------ split inheritance
+
+
+def test_fields_left_none_take_the_parents_split():
+    data = jobs.inherit_split(jobs.DataOptions(None, None, None, None, None), PARENT)
+    assert (data.dataset, data.train_subset, data.val_size, data.seed) == ("synthetic", 1000, 200, 3)
+
+
+def test_no_parent_gives_the_defaults():
+    data = jobs.inherit_split(jobs.DataOptions(None, None, None, None, None), {})
+    assert (data.dataset, data.train_subset, data.val_size, data.seed) == ("cifar10", 0, "auto", 0)
+
+
+@pytest.mark.parametrize("field,value", [("seed", 4), ("val_size", 500), ("train_subset", 0), ("dataset", "cifar10")])
+def test_a_different_split_is_an_error_unless_asked_for(field, value):
+    options = jobs.DataOptions(None, None, None, None, None)
+    setattr(options, field, value)
+    with pytest.raises(ValueError, match=f"{field}={value!r} differs from the parent run's"):
+        jobs.inherit_split(options, PARENT)
+    options.new_split = True
+    assert getattr(jobs.inherit_split(options, PARENT), field) == value
+
+
+def test_the_same_explicit_split_is_accepted():
+    data = jobs.inherit_split(jobs.DataOptions("synthetic", None, 1000, 200, 3), PARENT)
+    assert data.seed == 3 and data.val_size == 200
+
+
+def test_a_parent_data_dir_missing_here_is_dropped(tmp_path):
+    kept = jobs.inherit_split(jobs.DataOptions(None, None, None, None, None), {**PARENT, "data_dir": str(tmp_path)})
+    gone = jobs.inherit_split(jobs.DataOptions(None, None, None, None, None), {**PARENT, "data_dir": "/no/such/dir"})
+    assert kept.data_dir == str(tmp_path) and gone.data_dir is None
+
+
+# ------------------------------------------------------------------------------------------ target search
+
+
+def test_search_returns_zero_when_already_under_the_target():
+    assert search_ratio(lambda r: 100.0 * (1 - r), target=150.0) == 0.0
+
+
+def test_search_is_a_ceiling_even_when_the_footprint_is_not_monotone():
+    # A footprint with a bump: index widths grow at a boundary. Every returned ratio must be measured <= target.
+    def probe(ratio: float) -> float:
+        return 1000 * (1 - ratio) + (80 if 0.55 < ratio < 0.6 else 0)
+
+    ratio = search_ratio(probe, target=430)
+    assert probe(ratio) <= 430
+    assert ratio == pytest.approx(0.57, abs=0.01) or ratio >= 0.6
+
+
+def test_unreachable_target_names_what_the_method_reaches():
+    with pytest.raises(ValueError, match=r"below what lamp reaches at ratio 0.99 \(10 bytes\)"):
+        search_ratio(lambda r: 1000 * (1 - r), target=5, label="lamp")
+
+
+def _data_free_context() -> PruneContext:
+    def no_data(*_args, **_kwargs):
+        raise AssertionError("this method should not need data")
+
+    return PruneContext(torch.zeros(1, 3, 32, 32), no_data, no_data, lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("method", ["global_l1", "layer_l1", "lamp", "random", "li_filters"])
+def test_target_is_a_ceiling_for_the_method_itself(method):
+    model = build_model("resnet20")
+    torch.manual_seed(0)
+    target = 108_000 if method != "li_filters" else 300_000
+    prune_method = get_method(method)
+    options = prune_method.resolve_options({"per_layer": "uniform"} if method == "li_filters" else {})
+    ratio = jobs.ratio_for_target(model, prune_method, options, _data_free_context(), target, "footprint_best_bytes")
+    pruned = prune_method.prune(model, ratio, _data_free_context(), **options).model
+    measured = measure_footprint(pruned).metrics["footprint_best_bytes"]
+    assert measured <= target
+    assert measured > 0.9 * target, "the search should not stop far below the target"
+
+
+def test_unknown_target_metric_is_refused_before_any_probe():
+    method = get_method("global_l1")
+    with pytest.raises(ValueError, match="target_metric='nope' is not a footprint metric; choose one of: .*"
+                                         "footprint_best_bytes"):
+        jobs.ratio_for_target(build_model("resnet20"), method, method.resolve_options({}), _data_free_context(),
+                              100_000, "nope")
+
+
+# ------------------------------------------------------------------------------------------ failures in a run
+
+
+def _statuses(experiment: str) -> list[str]:
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    return [r.info.status for r in client.search_runs([exp.experiment_id])]
+
+
+def test_an_exception_mid_training_ends_the_run_failed(monkeypatch):
+    def broken_epoch(self):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(jobs.Trainer, "train_epoch", broken_epoch)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        jobs.train("resnet20", jobs.DataOptions("synthetic", None, 200, 20, 0),
+                   jobs.TrainConfig(epochs=1, batch_size=64), jobs.RunOptions("fail-train", "cpu", progress=False))
+    assert _statuses("fail-train") == ["FAILED"]
+
+
+# ------------------------------------------------------------------------------------------ pipeline keys, budgets
+
+
+def test_step_key_changes_with_the_code_identity():
+    params = {"arch": "resnet20", "epochs": 3}
+    assert step_key("train", params, code="git:a") != step_key("train", params, code="git:b")
+    assert step_key("train", params, code="git:a") == step_key("train", dict(params), code="git:a")
+
+
+def test_source_hash_follows_the_package_sources(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    first = provenance.source_hash(tmp_path)
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert provenance.source_hash(tmp_path) != first
+    assert provenance.code_identity().startswith(("git:", "src:"))
+
+
+@pytest.mark.parametrize("budget,expected", [("1/8", "125"), ("200KB", "200KB"), ("", None), (None, None)])
+def test_budget_fraction_of_the_base(budget, expected):
+    assert resolve_budget(budget, 1000.0) == expected
+
+
+@pytest.mark.parametrize("budget", ["1/0", "3/2", "a/b"])
+def test_bad_budget_fraction(budget):
+    with pytest.raises(ValueError, match="budget="):
+        resolve_budget(budget, 1000.0)
