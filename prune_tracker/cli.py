@@ -14,7 +14,7 @@ import click
 
 from .data import AUTO, DATASETS
 from .quant import PRECISIONS, QAT_CHOICES, validate_precisions
-from .training import SCHEDULES, TrainConfig
+from .training import FINETUNE_SCHEDULES, SCHEDULES, TrainConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -221,6 +221,42 @@ model_uri_option = option("model_uri", required=True,
 arch_option = option("arch", default="", help="architecture of a plain state_dict file or a model logged elsewhere")
 
 
+def recovery_options(schedule_default: str = "cosine") -> Callable:
+    """The recovery-recipe options of prune, finetune and main (see `jobs.Recovery`)."""
+    schedules = (*FINETUNE_SCHEDULES, "") if not schedule_default else FINETUNE_SCHEDULES
+
+    def decorate(fn: Callable) -> Callable:
+        options = [
+            option("finetune_schedule", type=click.Choice(schedules), default=schedule_default,
+                   help="cosine | rewind (learning-rate rewinding to the parent's train schedule) | constant"
+                        + ("; '' = --schedule" if not schedule_default else "")),
+            option("rewind_fraction", type=EmptyIsNone(FRACTION), default=None,
+                   help="rewind: replay the parent's schedule from this fraction of it (default: its last "
+                        "fine-tuning-length epochs)"),
+            option("distill_alpha", type=FiniteFloat(low=0, high=1), default=0.0,
+                   help="knowledge distillation weight (0 = off)"),
+            option("distill_temperature", type=FiniteFloat(low=1e-6), default=4.0),
+            option("teacher_uri", default="", help="distillation teacher (default: the unpruned model)"),
+            option("rounds", type=EmptyIsNone(click.IntRange(min=1)), default=None,
+                   help="prune in this many rounds with retraining between (default: one shot; han: its own)"),
+            option("round_epochs", type=EmptyIsNone(FiniteFloat(low=0)), default=None,
+                   help="retraining epochs per round (default 1; han: its own)"),
+        ]
+        for one in reversed(options):
+            fn = one(fn)
+        return fn
+
+    return decorate
+
+
+def _recovery(kw: dict[str, Any], fallback_schedule: str = "cosine"):
+    from .jobs import Recovery
+
+    return Recovery(kw.pop("finetune_schedule") or fallback_schedule, kw.pop("rewind_fraction"),
+                    kw.pop("distill_alpha"), kw.pop("distill_temperature"), kw.pop("teacher_uri") or None,
+                    kw.pop("rounds"), kw.pop("round_epochs"))
+
+
 def _configs(kw: dict[str, Any]):
     from .jobs import DataOptions, RunOptions
 
@@ -358,6 +394,7 @@ def _parse_extra_options(args: list[str]) -> dict[str, str]:
               help="quantisation-aware fine-tuning at this precision (fake-quantised weights, straight-through)")
 @arch_option
 @train_options(epochs_default=None, lr_default=0.01, schedule_default="cosine")
+@recovery_options()
 @data_options(inherit=True)
 @click.pass_context
 @handle_errors
@@ -386,6 +423,7 @@ def prune(
         raw[key] = value
     options = get_method(method).resolve_options(raw)
     arch = kw.pop("arch") or None
+    recovery = _recovery(kw)
     data, run, config = _configs(kw)
     _print_run(
         "prune",
@@ -403,6 +441,7 @@ def prune(
             config.tta_flip,
             arch,
             qat,
+            recovery,
         ),
     )
 
@@ -413,15 +452,19 @@ def prune(
 @click.option("--qat", type=click.Choice(QAT_CHOICES), default="none", show_default=True,
               help="quantisation-aware fine-tuning at this precision (fake-quantised weights, straight-through)")
 @train_options(epochs_default=5, lr_default=0.01, schedule_default="cosine")
+@recovery_options(schedule_default="")
 @data_options(inherit=True)
 @handle_errors
 def finetune(model_uri: str, arch: str, qat: str, **kw) -> None:
     """Continue training a pruned model with its masks or architecture kept (stage=finetune)."""
     from .jobs import finetune_model
 
+    recovery = _recovery(kw, fallback_schedule=kw["schedule"])
+    if recovery.rounds is not None or recovery.round_epochs is not None:
+        raise ValueError("rounds / round_epochs belong to prune (they interleave pruning and retraining)")
     data, run, config = _configs(kw)
     _print_run("finetune", finetune_model(model_uri, config.epochs, data, config, run, config.tta_flip,
-                                          arch or None, qat))
+                                          arch or None, qat, recovery))
 
 
 @cli.command()
@@ -568,7 +611,7 @@ def report(out_dir: str, **kw) -> None:
 @cli.command(name="main")
 @click.option("--arch", default="resnet20", show_default=True)
 @click.option("--methods", default="lamp,global_l1", show_default=True, help="comma-separated pruning methods")
-@click.option("--ratios", default="0.9", show_default=True, help="comma-separated pruning ratios")
+@click.option("--ratios", default="0.75", show_default=True, help="comma-separated pruning ratios")
 @click.option("--finetune-epochs", "--finetune_epochs", "finetune_epochs", type=FiniteFloat(low=0), default=1.0,
               show_default=True)
 @click.option("--finetune-lr", "--finetune_lr", "finetune_lr", type=FiniteFloat(low=0), default=0.01,
@@ -579,6 +622,7 @@ def report(out_dir: str, **kw) -> None:
 @bool_option("--register", default=True, help="register the front's models; --register [true|false]")
 @click.option("--registered-name", "--registered_name", "registered_name", default="")
 @train_options(epochs_default=5, lr_default=0.2, ema_default=0.0, resize_default="16:0.5,24:0.3")
+@recovery_options()
 @zero_init_option
 @data_options(train_subset_default=0, val_size_default=2000)
 @handle_errors
@@ -589,6 +633,7 @@ def main_pipeline(arch: str, methods: str, ratios: str, finetune_epochs: float, 
     from .pipeline import PipelineConfig, run_pipeline
 
     _check_arch(arch, kw["zero_init_residual"])
+    recovery = _recovery(kw)
     data, run, config = _configs(kw)
     try:
         ratio_values = [float(r) for r in _split_list(ratios)]
@@ -598,7 +643,8 @@ def main_pipeline(arch: str, methods: str, ratios: str, finetune_epochs: float, 
                               finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, tta_flip=config.tta_flip,
                               footprint=footprint, budget=budget or None, register=register,
                               registered_name=registered_name or None, experiment_name=run.experiment_name,
-                              device=run.device, progress=run.progress, precisions=run.precisions)
+                              device=run.device, progress=run.progress, precisions=run.precisions,
+                              recovery=recovery)
     result = run_pipeline(pipeline)
     click.echo(f"pipeline run {result.run_id} finished: {len(result.steps)} steps "
                f"({len(result.reused)} reused)")

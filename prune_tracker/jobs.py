@@ -4,6 +4,7 @@ The click CLI and the MLproject entry points only parse arguments and call these
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -27,12 +28,15 @@ from .pruning import (
     sparsity_report,
     validate_ratio,
 )
+from .pruning.iterative import iterative_prune
 from .pruning.target import footprint_probe, search_ratio
 from .quant import (
     PRECISIONS,
     QUANT_FILE_NAME,
     artifact_dir_name,
+    byte_metrics,
     measure_precisions,
+    model_bytes,
     qat_finetune,
     save_quantized,
     validate_precisions,
@@ -40,6 +44,7 @@ from .quant import (
 )
 from .quant.qat import disable_qat, enable_qat
 from .quant.weights import BITS
+from .recipes import finetune_recipe
 from .training import (
     TrainConfig,
     Trainer,
@@ -80,6 +85,34 @@ class DataOptions:
 
     def logged(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "new_split"}
+
+
+@dataclass
+class Recovery:
+    """How a pruned model recovers (the recovery-recipes options of prune, finetune and main):
+    `finetune_schedule` cosine | rewind (learning-rate rewinding to the parent's train schedule, from
+    `rewind_fraction` of it; None = its last finetune_epochs epochs) | constant; distillation from `teacher_uri`
+    (default: the model being pruned) with `distill_alpha` (0 = off) at `distill_temperature`; `rounds` of
+    prune -> `round_epochs` of retraining (None: the method's own, i.e. han's options, else one shot)."""
+
+    finetune_schedule: str = "cosine"
+    rewind_fraction: float | None = None
+    distill_alpha: float = 0.0
+    distill_temperature: float = 4.0
+    teacher_uri: str | None = None
+    rounds: int | None = None
+    round_epochs: float | None = None
+
+    def validate(self) -> None:
+        if self.rounds is not None and self.rounds < 1:
+            raise ValueError(f"rounds={self.rounds} must be an integer >= 1")
+        if self.round_epochs is not None and not (math.isfinite(self.round_epochs) and self.round_epochs >= 0):
+            raise ValueError(f"round_epochs={self.round_epochs} must be a finite number >= 0")
+        if self.rewind_fraction is not None and not 0 <= self.rewind_fraction < 1:
+            raise ValueError(f"rewind_fraction={self.rewind_fraction} must be in [0, 1)")
+
+    def logged(self) -> dict[str, Any]:
+        return {k: ("" if v is None else v) for k, v in asdict(self).items()}
 
 
 def _as_split_value(name: str, raw: str) -> Any:
@@ -223,6 +256,7 @@ def train(
     arch: str, data: DataOptions, config: TrainConfig, run: RunOptions, resume_run_id: str | None = None
 ) -> str:
     """Train `arch` from scratch (or resume a run's checkpoint); returns the run id."""
+    config = replace(config, seed=config.seed if data.seed is None else data.seed)  # one seed: split + training
     config.validate()
     run = replace(run, precisions=validate_precisions(run.precisions))
     device = resolve_device(run.device)
@@ -251,6 +285,7 @@ def train(
                 "train_size": len(splits.train),
                 "val_images": len(splits.val),
                 "num_classes": splits.num_classes,
+                "precisions": ",".join(run.precisions),
             }
         )
         tracking.log_dataset(splits, f"{splits.dataset}-train")
@@ -296,7 +331,8 @@ def evaluate_model(
     }
     with run.start("evaluate", tags, f"evaluate {loaded.spec['arch']} <- {_origin(loaded)}") as active:
         tracking.log_params(
-            {"model_uri": model_uri, **data.logged(), "tta_flip": tta_flip, "device": str(device)}
+            {"model_uri": model_uri, **data.logged(), "tta_flip": tta_flip, "device": str(device),
+             "precisions": ",".join(run.precisions)}
         )
         loader = BatchLoader(splits.test, batch_size, splits.mean, splits.std, device=device)
         result = classification_metrics(*predict_logits(model, loader, tta_flip), splits.classes)
@@ -319,11 +355,19 @@ def _load_with_data(model_uri: str, data: DataOptions, arch: str | None = None
     """The model behind `model_uri`, the data options completed from its parent run, and the data it must be
     evaluated on (same class count)."""
     loaded = tracking.load_model(model_uri, arch)
-    parent_params = tracking.run_params(loaded.source_run_id) if loaded.source_run_id else {}
+    parent_params = tracking.lineage_params(loaded.source_run_id, (*SPLIT_FIELDS, "data_dir")) \
+        if loaded.source_run_id else {}
     data = inherit_split(data, parent_params)
     splits = data.load(num_classes=loaded.spec["num_classes"])
     _check_classes(loaded.spec, splits)
     return loaded, data, splits
+
+
+def _check_trainable(loaded: tracking.LoadedModel) -> None:
+    if loaded.precision != "fp32":
+        source = f"runs:/{loaded.source_run_id}/model" if loaded.source_run_id else "the fp32 model"
+        raise ValueError(f"{loaded.uri!r} is a deployable {loaded.precision} file (BatchNorm folded, weights "
+                         f"quantised): prune or fine-tune {source} instead")
 
 
 def _check_classes(spec: dict[str, Any], splits: DataSplits) -> None:
@@ -359,7 +403,8 @@ def _param_counts(footprint: dict[str, float]) -> dict[str, float]:
 
 
 def prune_context(
-    splits: DataSplits, config: TrainConfig, device: torch.device, progress: bool, tta: bool
+    splits: DataSplits, config: TrainConfig, device: torch.device, progress: bool, tta: bool,
+    teacher: nn.Module | None = None,
 ) -> PruneContext:
     """What a pruning method may use: training batches for calibration, validation accuracy, fine-tuning."""
     def calibration_batches():
@@ -373,10 +418,59 @@ def prune_context(
         example_input=torch.zeros(1, 3, 32, 32, device=device),
         calibration_batches=calibration_batches,
         evaluate=evaluate_val,
-        finetune=finetune_fn(splits, config, device, progress),
+        finetune=finetune_fn(splits, config, device, progress, teacher=teacher),
         device=device,
         log=lambda msg: print(f"[prune] {msg}", flush=True),
     )
+
+
+def _train_run_params(run_id: str | None) -> dict[str, str] | None:
+    """The params of the run that trained the model from scratch: `run_id` or its nearest `stage=train`
+    ancestor through `parent_run_id`; None when there is none in the store."""
+    train_run = tracking.ancestor_run(run_id, "train") if run_id else None
+    return tracking.run_params(train_run) if train_run else None
+
+
+def _recipe_config(config: TrainConfig, recovery: Recovery, loaded: tracking.LoadedModel) -> TrainConfig:
+    parent_params = None
+    if recovery.finetune_schedule == "rewind":
+        parent_params = _train_run_params(loaded.source_run_id)
+        if parent_params is None:
+            raise ValueError(f"finetune_schedule=rewind needs the train run of {loaded.uri!r} (its lr, schedule, "
+                             "epochs, warmup_fraction) and the store has none; use finetune_schedule=cosine")
+    return finetune_recipe(config, recovery.finetune_schedule, parent_params, recovery.rewind_fraction,
+                           recovery.distill_alpha, recovery.distill_temperature)
+
+
+def _teacher(recovery: Recovery, loaded: tracking.LoadedModel, splits: DataSplits, device: torch.device
+             ) -> nn.Module | None:
+    """The distillation teacher: `teacher_uri`'s model, or the unpruned model being pruned; None when off."""
+    if recovery.distill_alpha == 0:
+        return None
+    teacher = tracking.load_model(recovery.teacher_uri).model if recovery.teacher_uri else _copy_model(loaded)
+    if _num_classes(teacher, splits) != splits.num_classes:
+        raise ValueError(f"teacher_uri={recovery.teacher_uri!r} predicts another number of classes than "
+                         f"dataset {splits.dataset!r} has ({splits.num_classes})")
+    return teacher.to(device).eval()
+
+
+def _num_classes(model: nn.Module, splits: DataSplits) -> int:
+    with torch.no_grad():
+        return int(model.cpu().eval()(torch.zeros(1, *splits.test.images.shape[1:])).shape[1])
+
+
+def _prune_in_rounds(method, model: nn.Module, ratio: float, ctx: PruneContext, options: dict[str, Any],
+                     recovery: Recovery):
+    """One shot, or `rounds` of prune -> retrain with each round's sparsity and validation accuracy logged as
+    step metrics `round_sparsity`, `round_val_accuracy`. `han` prunes in rounds with its own options."""
+    own_rounds = getattr(method, "prunes_in_rounds", False)
+    rounds = recovery.rounds if recovery.rounds is not None else (options.get("rounds", 1) if own_rounds else 1)
+    if rounds <= 1 and not own_rounds:
+        return method.prune(model, ratio, ctx, **options)
+    round_epochs = recovery.round_epochs if recovery.round_epochs is not None else options.get("round_epochs", 1.0)
+    return iterative_prune(method, model, ratio, ctx, rounds, round_epochs, options,
+                           on_round=lambda k, metrics: tracking.log_metrics(metrics, step=k),
+                           finetune_last=not own_rounds)
 
 
 def footprint_metric(metrics: dict[str, float], name: str) -> float:
@@ -386,13 +480,35 @@ def footprint_metric(metrics: dict[str, float], name: str) -> float:
     return metrics[name]
 
 
+def _target_measure(target_metric: str):
+    """`model -> bytes` for a footprint metric: the footprint's own (fp32 / fp16 formats, activations, totals)
+    or a quantised one (`footprint[_bitmask|_csr|_best]_int8|int4_bytes`, BN folded as deployed)."""
+    quantised = re.fullmatch(r"footprint_(?:(?:bitmask|csr|best)_)?(int8|int4)_bytes", target_metric)
+    if quantised:
+        precision = quantised.group(1)
+        return lambda m: byte_metrics(model_bytes(m, precision), precision)[target_metric]
+    return lambda m: footprint_metric(measure_footprint(m).metrics, target_metric)
+
+
+TARGET_ALIASES = {"footprint_best_fp16_bytes": "footprint_best_bytes"}
+
+
+def _log_target_met(model: nn.Module, target_bytes: int, target_metric: str) -> None:
+    """Probes prune in one shot without retraining; rounds, fine-tuning or QAT can move which weights quantise to
+    zero, so the final model is measured again: `target_met` 1 or 0 (and a line saying by how much)."""
+    measured = _target_measure(target_metric)(model)
+    tracking.log_metrics({"target_met": float(measured <= target_bytes), "target_measured_bytes": measured})
+    if measured > target_bytes:
+        print(f"[prune] WARNING: the final model's {target_metric} is {measured:.0f} B, over target_bytes="
+              f"{target_bytes} by {measured - target_bytes:.0f} B", flush=True)
+
+
 def ratio_for_target(model: nn.Module, method, options: dict[str, Any], ctx: PruneContext, target_bytes: int,
                      target_metric: str) -> float:
     """The smallest ratio at which `method` itself brings `target_metric` to at most `target_bytes`."""
-    footprint_metric(measure_footprint(model).metrics, target_metric)  # an unknown metric fails at once
-    probe = footprint_probe(model, method, options, ctx,
-                            lambda m: footprint_metric(measure_footprint(m).metrics, target_metric))
-    return search_ratio(probe, target_bytes, label=method.name)
+    measure = _target_measure(target_metric)
+    measure(model)  # an unknown metric fails at once
+    return search_ratio(footprint_probe(model, method, options, ctx, measure), target_bytes, label=method.name)
 
 
 def prune_model(
@@ -409,11 +525,15 @@ def prune_model(
     tta_flip: bool = True,
     arch: str | None = None,
     qat: str = "none",
+    recovery: Recovery | None = None,
 ) -> str:
-    """Prune a logged model with a registered method, optionally fine-tune (with quantisation-aware training
-    when `qat` names a precision), measure every precision and log everything."""
+    """Prune a logged model with a registered method (in rounds, with `recovery`), optionally fine-tune (with
+    a recovery recipe; with quantisation-aware training when `qat` names a precision), measure every precision
+    and log everything."""
     method = get_method(method_name)
     qat = validate_qat(qat)
+    recovery = recovery or Recovery()
+    recovery.validate()
     run = replace(run, precisions=validate_precisions(run.precisions))
     ratio = validate_ratio(ratio)
     options = method.resolve_options(options or {})
@@ -421,13 +541,19 @@ def prune_model(
         raise ValueError(f"finetune_epochs={finetune_epochs} must be a finite number >= 0")
     config.validate()
     device = resolve_device(run.device)
+    if (recovery.rounds or 1) > 1 and options.get("scope") in ("stage", "all"):
+        raise ValueError(f"rounds={recovery.rounds} with scope={options['scope']} is not supported: prune the "
+                         "stages in one shot (rounds=1) or use scope=block")
+    target_metric = TARGET_ALIASES.get(target_metric, target_metric)
     loaded, data, splits = _load_with_data(model_uri, data, arch)
-    config = replace(config, seed=data.seed)
+    _check_trainable(loaded)
+    config = _recipe_config(replace(config, seed=data.seed, epochs=finetune_epochs), recovery, loaded)
     arch = loaded.spec["arch"]
     parent = loaded.model
     model = _copy_model(loaded).to(device)
+    teacher = _teacher(recovery, loaded, splits, device)
     seed_everything(config.seed)
-    ctx = prune_context(splits, config, device, run.progress, tta_flip)
+    ctx = prune_context(splits, config, device, run.progress, tta_flip, teacher)
     if target_bytes is not None:
         ratio = ratio_for_target(model, method, options, ctx, target_bytes, target_metric)
     tags = {
@@ -440,7 +566,8 @@ def prune_model(
         "ratio": ratio,
     }
     with run.start("prune", tags, f"prune {method.name} {ratio:.3g} <- {_origin(loaded)}") as active:
-        # `ratio` the metric is the ratio applied (the searched one with target_bytes); the param is as given.
+        # The metric `ratio` is the ratio applied (the searched one with target_bytes); under `mlflow run` the
+        # param keeps the value the entry point was given.
         tracking.log_metrics({"ratio": ratio, **({"target_bytes": target_bytes} if target_bytes else {})})
         tracking.log_params(
             {
@@ -454,12 +581,14 @@ def prune_model(
                 "target_metric": target_metric,
                 "qat": qat,
                 "precisions": ",".join(run.precisions),
+                **recovery.logged(),
                 "tta_flip": tta_flip,
                 "device": str(device),
                 **{f"option.{k}": v for k, v in options.items()},
+                **({"scope": options["scope"]} if "scope" in options else {}),
             }
         )
-        result = method.prune(model, ratio, ctx, **options)
+        result = _prune_in_rounds(method, model, ratio, ctx, options, recovery)
         tracking.log_metrics(
             {"prune_seconds": result.seconds, "method_finetune_epochs": result.finetuned_epochs}
         )
@@ -471,6 +600,8 @@ def prune_model(
         tracking.log_metrics(_evaluate_splits(pruned, splits, device, tta_flip, suffix="_pruned"))
         qat_finetune(ctx.finetune, qat)(pruned, finetune_epochs)
         make_permanent(pruned)
+        if target_bytes is not None:
+            _log_target_met(pruned, target_bytes, target_metric)
         return _log_pruned_outputs(
             pruned,
             parent,
@@ -521,15 +652,28 @@ def finetune_model(
     tta_flip: bool = True,
     arch: str | None = None,
     qat: str = "none",
+    recovery: Recovery | None = None,
 ) -> str:
     """Continue training a pruned model with its masks (zeros) or architecture kept; `qat` trains with
-    fake-quantised weights (straight-through) so that that precision recovers."""
+    fake-quantised weights (straight-through) so that that precision recovers; `recovery` sets the schedule
+    (rewind: the train run of its lineage) and distillation (default teacher: the unpruned model of its
+    lineage's train run)."""
     qat = validate_qat(qat)
+    recovery = recovery or Recovery(finetune_schedule=config.schedule)
+    recovery.validate()
     run = replace(run, precisions=validate_precisions(run.precisions))
     config.validate()
     device = resolve_device(run.device)
     loaded, data, splits = _load_with_data(model_uri, data, arch)
-    config = replace(config, seed=data.seed, epochs=epochs)
+    _check_trainable(loaded)
+    config = _recipe_config(replace(config, seed=data.seed, epochs=epochs), recovery, loaded)
+    if recovery.distill_alpha and not recovery.teacher_uri:
+        base = tracking.ancestor_run(loaded.source_run_id, "train") if loaded.source_run_id else None
+        if base is None:
+            raise ValueError(f"distill_alpha needs a teacher: {model_uri!r} has no train run in its lineage; "
+                             "pass teacher_uri")
+        recovery = replace(recovery, teacher_uri=f"runs:/{base}/model")
+    teacher = _teacher(recovery, loaded, splits, device)
     arch = loaded.spec["arch"]
     model = _copy_model(loaded)
     masked_layers = reattach_masks(model)
@@ -545,7 +689,7 @@ def finetune_model(
         **{k: v for k, v in inherited.items() if k != "method"},
     }
     seed_everything(config.seed)
-    trainer = Trainer(model, splits, config, device, progress=run.progress)
+    trainer = Trainer(model, splits, config, device, progress=run.progress, teacher=teacher)
     name = f"finetune {inherited.get('method', arch)} {epochs:g}ep <- {_origin(loaded)}"
     with run.start("finetune", tags, name) as active:
         tracking.log_params(
@@ -559,6 +703,7 @@ def finetune_model(
                 "ratio": inherited.get("ratio", ""),
                 "qat": qat,
                 "precisions": ",".join(run.precisions),
+                **recovery.logged(),
             }
         )
         fit(trainer, lambda epoch, metrics: tracking.log_metrics(metrics, step=epoch))

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import tracking
 from .footprint import parse_bytes
-from .jobs import DataOptions, RunOptions, evaluate_model, prune_model, train
+from .jobs import DataOptions, Recovery, RunOptions, evaluate_model, prune_model, train
 from .models import build_model
 from .provenance import code_identity
 from .pruning import get_method, validate_ratio
@@ -39,13 +39,14 @@ def demo_train() -> TrainConfig:
 @dataclass
 class PipelineConfig:
     """`main`'s defaults are the demo's study: the full training set, a short base recipe, two unstructured
-    methods at 90% sparsity with one fine-tuning epoch, and a budget of 1/8 of the base's fp32 bytes."""
+    methods at 75% sparsity with one fine-tuning epoch, and a budget of 1/8 of the base's fp32 bytes (which
+    only the quantised variants fit: int8 weights + a 1-bit mask)."""
 
     arch: str = "resnet20"
     data: DataOptions = field(default_factory=demo_data)
     train: TrainConfig = field(default_factory=demo_train)
     methods: list[str] = field(default_factory=lambda: ["lamp", "global_l1"])
-    ratios: list[float] = field(default_factory=lambda: [0.9])
+    ratios: list[float] = field(default_factory=lambda: [0.75])
     finetune_epochs: float = 1.0
     finetune_lr: float = 0.01
     tta_flip: bool = True
@@ -57,6 +58,7 @@ class PipelineConfig:
     device: str = "auto"
     progress: bool = False
     precisions: tuple[str, ...] = PRECISIONS
+    recovery: Recovery = field(default_factory=Recovery)
 
     def validate(self) -> None:
         build_model(self.arch)
@@ -67,6 +69,7 @@ class PipelineConfig:
         if not self.methods or not self.ratios:
             raise ValueError("methods and ratios must each name at least one value")
         self.train.validate()
+        self.recovery.validate()
         _check_budget(self.budget)
 
 
@@ -150,7 +153,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
                              "finetune_epochs": config.finetune_epochs, "finetune_lr": config.finetune_lr,
                              "tta_flip": config.tta_flip, "footprint": config.footprint,
                              "budget": config.budget or "", "register": config.register,
-                             "precisions": ",".join(config.precisions)})
+                             "precisions": ",".join(config.precisions), **config.recovery.logged()})
         result = PipelineResult(active.info.run_id)
         steps = _Steps(result, active.info.experiment_id, run_options)
         common = {"arch": config.arch, **config.data.logged(), "precisions": list(config.precisions)}
@@ -166,11 +169,11 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
             for ratio in config.ratios:
                 params = {"model_uri": base_uri, "method": method, "ratio": ratio, **common,
                           "finetune_epochs": config.finetune_epochs, **asdict(finetune_config),
-                          "tta": config.tta_flip}
+                          **config.recovery.logged(), "tta": config.tta_flip}
                 steps.run(f"prune-{method}-{ratio}", "prune", params,
                           lambda opts, m=method, r=ratio: prune_model(
                               base_uri, m, r, config.data, finetune_config, opts, config.finetune_epochs,
-                              tta_flip=config.tta_flip))
+                              tta_flip=config.tta_flip, recovery=config.recovery))
         _compare_register_report(replace(config, budget=budget), steps, result)
         tracking.log_dict({"steps": result.steps, "reused": result.reused, "failed": result.failed,
                            "code": code_identity(), "budget_bytes": budget}, "pipeline.json")
@@ -210,6 +213,8 @@ def _compare_register_report(config: PipelineConfig, steps: _Steps, result: Pipe
 
     steps.run("report", "report", scope, report_step, reuse=False)
     if result.champion_uri:
+        # The champion may come from an earlier pipeline of the experiment: evaluate it on its own run's split.
+        inherited = DataOptions(None, config.data.data_dir, None, None, None)
         steps.run("evaluate-champion", "evaluate", {"model_uri": result.champion_uri, "run": result.run_id},
-                  lambda opts: evaluate_model(result.champion_uri, config.data, opts, tta_flip=config.tta_flip),
+                  lambda opts: evaluate_model(result.champion_uri, inherited, opts, tta_flip=config.tta_flip),
                   reuse=False)

@@ -55,7 +55,8 @@ def finetune_recipe(
       replayed from `rewind_fraction` of its length (None: its last `config.epochs` epochs, Renda et al. 2020),
       see `training.rewind_step`; `config.lr` is then unused.
     `distill_alpha` > 0 turns on distillation; the Trainer / finetune_fn must then be given the teacher."""
-    if schedule not in FINETUNE_SCHEDULES:
+    # `onecycle` stays possible for `finetune --schedule onecycle`; prune / main offer FINETUNE_SCHEDULES
+    if schedule not in FINETUNE_SCHEDULES and schedule not in SCHEDULES:
         raise ValueError(f"finetune_schedule={schedule!r} must be one of: {', '.join(FINETUNE_SCHEDULES)}")
     fields: dict[str, Any] = {"schedule": schedule, "distill_alpha": distill_alpha,
                               "distill_temperature": distill_temperature}

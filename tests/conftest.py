@@ -43,6 +43,18 @@ def project_root() -> Path:
     return PROJECT_ROOT
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: on a shared CPU a second thread mostly waits (seconds per
+    test). A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_mlflow_state(monkeypatch):
     """mlflow.set_experiment() stores the active experiment in a global and in MLFLOW_EXPERIMENT_ID (for

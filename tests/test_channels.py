@@ -20,13 +20,7 @@ SCOPED = ("li_filters", "thinet", "random_channels", "hybrid", "fm_norm")
 FAST = {"thinet": {"samples": 1600, "per_image": 100}, "fm_norm": {"samples": 16}}  # 16 images, 100 rows each
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions: on a shared CPU, a second intra-op thread mostly waits (seconds per test)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
 
 def make_ctx(size: int = 16, n: int = 16, batches: int = 2) -> PruneContext:

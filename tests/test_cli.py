@@ -20,6 +20,8 @@ from prune_tracker.training import Trainer
 
 QUICK = ["--dataset", "synthetic", "--train-subset", "1000", "--val-size", "200", "--device", "cpu",
          "--no-progress"]
+NO_PRECISIONS = ["--precisions", ""]  # each precision costs evaluations; the precision tests measure them
+MLFLOW_LOG_LINE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARNING) mlflow")
 
 
 def invoke(*args: str):
@@ -32,7 +34,7 @@ def run_id_of(output: str, stage: str) -> str:
 
 def assert_one_line_error(result, message: str) -> None:
     assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
+    lines = [line for line in result.output.strip().splitlines() if not MLFLOW_LOG_LINE.match(line)]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert "Traceback" not in result.output
     assert message in lines[0]
@@ -47,7 +49,7 @@ def running_runs() -> list:
 @pytest.fixture(scope="module")
 def trained_uri():
     result = invoke("train", *QUICK, "--epochs", "3", "--batch-size", "64", "--lr", "0.1", "--ema-decay", "0.9",
-                    "--experiment-name", "cli")
+                    *NO_PRECISIONS, "--experiment-name", "cli")
     assert result.exit_code == 0, result.output
     assert "#/experiments/" in result.output, "each command prints the link to its runs page"
     return f"runs:/{run_id_of(result.output, 'train')}/model"
@@ -103,12 +105,12 @@ def test_each_hint_names_something_the_command_accepts(tmp_path, trained_uri):
     torch.save(tracking.load_model(trained_uri).model.state_dict(), state)
     extras = {"prune": ["--method", "global_l1"], "finetune": ["--epochs", "0.1"], "evaluate": []}
     for command, extra in extras.items():
-        args = [command, "--model-uri", str(state), *extra, *QUICK, "--experiment-name", "hints"]
+        args = [command, "--model-uri", str(state), *extra, *QUICK, *NO_PRECISIONS, "--experiment-name", "hints"]
         refused = CliRunner().invoke(cli, args)
         assert_one_line_error(refused, "pass arch=<name>")
         assert invoke(*args, "--arch", "resnet20").exit_code == 0
     split = ["prune", "--model-uri", trained_uri, "--method", "global_l1", "--seed", "7", "--device", "cpu",
-             "--no-progress", "--experiment-name", "hints"]
+             "--no-progress", *NO_PRECISIONS, "--experiment-name", "hints"]
     refused = CliRunner().invoke(cli, split)
     assert_one_line_error(refused, "seed=7 differs from the parent run's seed=0")
     assert "pass new_split=true" in refused.output
@@ -179,7 +181,7 @@ def _step_statuses(experiment: str) -> list[tuple[str, str]]:
 
 def test_main_pipeline_failure_reuse_and_change(monkeypatch):
     args = ["main", *QUICK, "--epochs", "3", "--batch-size", "64", "--lr", "0.1", "--methods", "global_l1,li_filters",
-            "--ratios", "0.5,0.8", "--finetune-epochs", "0.3", "--experiment-name", "pipeline",
+            "--ratios", "0.5,0.8", "--finetune-epochs", "0.3", "--precisions", "int8", "--experiment-name", "pipeline",
             "--registered-name", "pipeline-test"]
     li_filters = type(get_method("li_filters"))
     original = li_filters._prune
@@ -215,10 +217,12 @@ def test_main_pipeline_failure_reuse_and_change(monkeypatch):
     assert "(2 reused)" in changed.output  # a changed prune parameter reruns the prune steps only
     assert len(client.search_runs([compare_runs[0].info.experiment_id], "tags.stage = 'prune'")) == 9
 
-    model = mlflow.pytorch.load_model("models:/pipeline-test@champion")
+    champion = client.get_model_version_by_alias("pipeline-test", "champion")
+    assert champion.tags["precision"] in ("fp16", "int8", "w8a8")
+    model = tracking.load_model("models:/pipeline-test@champion").model  # an int8 champion: no unpickling
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
     evaluated = invoke("evaluate", "--model-uri", "models:/pipeline-test@champion", "--device", "cpu",
-                       "--no-progress", "--experiment-name", "pipeline")
+                       "--no-progress", *NO_PRECISIONS, "--experiment-name", "pipeline")
     assert evaluated.exit_code == 0, evaluated.output
 
 
@@ -258,6 +262,9 @@ def test_precisions_qat_and_the_int8_artifact(trained_uri, monkeypatch):
     assert evaluated.exit_code == 0, evaluated.output
     reproduced = MlflowClient().get_run(run_id_of(evaluated.output, "evaluate")).data.metrics["test_accuracy"]
     assert reproduced == pytest.approx(metrics["test_accuracy_int8"], abs=0.001)
+    refused = CliRunner().invoke(cli, ["prune", "--model-uri", f"runs:/{run.info.run_id}/model_int8", *QUICK])
+    assert_one_line_error(refused, f"is a deployable int8 file (BatchNorm folded, weights quantised): prune or "
+                                   f"fine-tune runs:/{run.info.run_id}/model instead")
 
 
 @pytest.mark.parametrize("args,message", [
@@ -271,6 +278,9 @@ def test_bad_precision_input(args, message):
 
 
 def test_exceptions_mid_prune_and_mid_registration_end_their_runs_failed(trained_uri, monkeypatch):
+    pruned = invoke("prune", "--model-uri", trained_uri, "--method", "lamp", "--ratio", "0.7", "--device", "cpu",
+                    "--no-progress", "--precisions", "int8", "--experiment-name", "mid-failures")
+    assert pruned.exit_code == 0, pruned.output  # with the base in `cli`: a front of several points to register
     lamp = type(get_method("lamp"))
 
     def broken(self, model, ratio, ctx, **opts):
@@ -278,23 +288,52 @@ def test_exceptions_mid_prune_and_mid_registration_end_their_runs_failed(trained
 
     monkeypatch.setattr(lamp, "_prune", broken)
     result = CliRunner().invoke(cli, ["prune", "--model-uri", trained_uri, "--method", "lamp", "--device", "cpu",
-                                      "--no-progress", "--experiment-name", "mid-failures"])
+                                      "--no-progress", *NO_PRECISIONS, "--experiment-name", "mid-failures"])
     assert isinstance(result.exception, RuntimeError)
     monkeypatch.undo()
 
     from prune_tracker.tracking import registry
 
-    def refuse(*_args, **_kwargs):
-        raise RuntimeError("registry unreachable")
+    original_register, calls = registry.mlflow.register_model, []
 
-    monkeypatch.setattr(registry.mlflow, "register_model", refuse)
-    result = CliRunner().invoke(cli, ["compare", "--experiment-names", "cli", "--register", "true",
+    def fails_second(*args, **kwargs):  # the first version is created, then the registry goes away
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("registry unreachable")
+        return original_register(*args, **kwargs)
+
+    monkeypatch.setattr(registry.mlflow, "register_model", fails_second)
+    result = CliRunner().invoke(cli, ["compare", "--experiment-names", "mid-failures,cli", "--register", "true",
                                       "--registered-name", "mid-failure-model", "--metric", "test_accuracy"])
-    assert isinstance(result.exception, RuntimeError)
+    assert isinstance(result.exception, RuntimeError) and len(calls) == 2
     client = MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id for name in ("mid-failures", "cli")],
-                              "tags.stage IN ('prune', 'compare')")
-    statuses = {(r.data.tags["stage"], r.info.status) for r in runs}
+    ids = [client.get_experiment_by_name(name).experiment_id for name in ("mid-failures", "cli")]
+    statuses = {(r.data.tags.get("stage"), r.info.status) for r in client.search_runs(ids)}
     assert ("prune", "FAILED") in statuses and ("compare", "FAILED") in statuses
     assert not running_runs()
     assert not client.search_model_versions("name='mid-failure-model'"), "no orphan registry version"
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--distill-alpha", "2"], "'2' is not allowed"),
+    (["--finetune-schedule", "nope"], "'nope' is not one of 'cosine', 'rewind', 'constant'"),
+    (["--rewind-fraction", "1.5"], "'1.5' is not allowed"),
+    (["--rounds", "0"], "0 is not in the range x>=1"),
+    (["--rounds", "2", "--method", "li_filters", "--scope", "stage"], "rounds=2 with scope=stage is not supported"),
+])
+def test_bad_recovery_options(extra, message):
+    assert_one_line_error(CliRunner().invoke(cli, ["prune", "--model-uri", "x", *extra]), message)
+
+
+def test_rewind_without_a_train_run_and_stage_scope_without_stages(tmp_path, trained_uri):
+    state = tmp_path / "plain.pt"
+    torch.save(tracking.load_model(trained_uri).model.state_dict(), state)
+    rewind = CliRunner().invoke(cli, ["prune", "--model-uri", str(state), "--arch", "resnet20", "--finetune-schedule",
+                                      "rewind", *QUICK, "--experiment-name", "recipes"])
+    assert_one_line_error(rewind, "finetune_schedule=rewind needs the train run of")
+    vgg = tmp_path / "vgg.pt"
+    torch.save(build_model("vgg11_bn").state_dict(), vgg)
+    stage = CliRunner().invoke(cli, ["prune", "--model-uri", str(vgg), "--arch", "vgg11_bn", "--method", "li_filters",
+                                     "--scope", "stage", "--precisions", "", *QUICK, "--experiment-name", "recipes"])
+    assert_one_line_error(stage, "use scope=block")
+    assert not running_runs()

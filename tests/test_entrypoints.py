@@ -5,6 +5,7 @@ bad input ends with one line, a non-zero exit and no run left RUNNING."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,11 +99,12 @@ def prune_runs(base_run):
     runs = dict(zip(VIA_MLFLOW_RUN, submit_runs([("prune", {**params, "method": m}) for m in VIA_MLFLOW_RUN]),
                     strict=True))
     for method in set(known_methods()) - set(VIA_MLFLOW_RUN):
-        args = [f"--{key}={value}" for key, value in {**params, "method": method}.items()]
+        # precisions are measured by the runs through `mlflow run` above; here only the method's own logging
+        args = [f"--{key}={value}" for key, value in {**params, "method": method, "precisions": ""}.items()]
         result = CliRunner().invoke(cli, ["prune", *args, "--experiment-name", EXPERIMENT, "--no-progress"],
                                     catch_exceptions=False)
         assert result.exit_code == 0, result.output
-        runs[method] = MlflowClient().get_run(result.output.strip().split()[-2])
+        runs[method] = MlflowClient().get_run(re.search(r"prune run (\w+) finished", result.output).group(1))
     return runs
 
 
@@ -150,6 +152,31 @@ def test_prune_entry_point_every_method(prune_runs, base_run, method):
     assert reproduce_accuracy(run) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     if get_method(method).ratio_kind == "weights":
         assert metrics["sparsity_global"] == pytest.approx(0.5, abs=0.01)
+    if method in VIA_MLFLOW_RUN:  # the default precisions: every one measured, the int8 file reloads
+        assert {"test_accuracy_int8", "test_accuracy_int4", "test_accuracy_w8a8", "total_w8a8_bytes"} <= set(metrics)
+        int8 = tracking.load_model(f"runs:/{run.info.run_id}/model_int8")
+        splits = load_splits("synthetic", train_subset=1000, val_size=200)
+        accuracy = evaluate(int8.model, splits.test, splits, torch.device("cpu"), tta_flip=True)[0]
+        assert accuracy == pytest.approx(metrics["test_accuracy_int8"], abs=1e-3)
+
+
+def test_prune_with_distillation_rewind_and_rounds(base_run):
+    params = {**SYNTHETIC_DATA, "model_uri": f"runs:/{base_run.info.run_id}/model", "method": "lamp", "ratio": "0.6",
+              "finetune_epochs": "0.3", "device": "cpu", "batch_size": "64", "precisions": "",
+              "distill_alpha": "0.5", "distill_temperature": "4", "finetune_schedule": "rewind", "rounds": "2",
+              "round_epochs": "0.2"}
+    assert_ok(mlflow_run("prune", params, experiment="e2e-recipes"))
+    run = last_run("e2e-recipes")
+    assert run.info.status == "FINISHED" and run.data.params["finetune_schedule"] == "rewind"
+    assert run.data.params["distill_alpha"] == "0.5" and run.data.params["rounds"] == "2"
+    client = MlflowClient()
+    rounds = client.get_metric_history(run.info.run_id, "round_sparsity")
+    assert [m.step for m in rounds] == [1, 2]
+    assert rounds[0].value == pytest.approx(1 - 0.4 ** 0.5, abs=0.01)  # 1 - (1 - r)^(k/R)
+    assert rounds[1].value == pytest.approx(0.6, abs=0.01)
+    assert len(client.get_metric_history(run.info.run_id, "round_val_accuracy")) == 2
+    assert run.data.metrics["sparsity_global"] == pytest.approx(0.6, abs=0.01)
+    assert reproduce_accuracy(run) == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from prune_tracker import jobs, provenance
+from prune_tracker import jobs, pipeline, provenance, tracking
 from prune_tracker.footprint import measure_footprint
 from prune_tracker.models import build_model
-from prune_tracker.pipeline import resolve_budget, step_key
+from prune_tracker.pipeline import resolve_budget
 from prune_tracker.pruning import PruneContext, get_method
 from prune_tracker.pruning.target import search_ratio
 
@@ -80,7 +80,7 @@ def _data_free_context() -> PruneContext:
     return PruneContext(torch.zeros(1, 3, 32, 32), no_data, no_data, lambda *a, **k: None)
 
 
-@pytest.mark.parametrize("method", ["global_l1", "layer_l1", "lamp", "random", "li_filters"])
+@pytest.mark.parametrize("method", ["layer_l1", "lamp", "li_filters"])  # lamp and layer_l1 overshot the old proxy
 def test_target_is_a_ceiling_for_the_method_itself(method):
     model = build_model("resnet20")
     torch.manual_seed(0)
@@ -125,10 +125,23 @@ def test_an_exception_mid_training_ends_the_run_failed(monkeypatch):
 # ------------------------------------------------------------------------------------------ pipeline keys, budgets
 
 
-def test_step_key_changes_with_the_code_identity():
-    params = {"arch": "resnet20", "epochs": 3}
-    assert step_key("train", params, code="git:a") != step_key("train", params, code="git:b")
-    assert step_key("train", params, code="git:a") == step_key("train", dict(params), code="git:a")
+def test_a_code_change_reruns_a_finished_step(monkeypatch):
+    calls = []
+
+    def action(opts: jobs.RunOptions) -> str:
+        with opts.start("train", {}, "fake step") as run:
+            calls.append(run.info.run_id)
+            return run.info.run_id
+
+    with tracking.tracked_run("pipeline", "step-keys", "main") as parent:
+        steps = pipeline._Steps(pipeline.PipelineResult(parent.info.run_id), parent.info.experiment_id,
+                                jobs.RunOptions("step-keys", "cpu", progress=False))
+        monkeypatch.setattr(pipeline, "code_identity", lambda: "git:aaa")
+        first = steps.run("train", "train", {"epochs": 1}, action)
+        assert steps.run("train", "train", {"epochs": 1}, action) == first and len(calls) == 1  # reused
+        assert steps.run("train", "train", {"epochs": 2}, action) != first and len(calls) == 2  # a parameter
+        monkeypatch.setattr(pipeline, "code_identity", lambda: "git:bbb")
+        assert steps.run("train", "train", {"epochs": 1}, action) not in (first, calls[1]) and len(calls) == 3
 
 
 def test_source_hash_follows_the_package_sources(tmp_path):
@@ -136,7 +149,6 @@ def test_source_hash_follows_the_package_sources(tmp_path):
     first = provenance.source_hash(tmp_path)
     (tmp_path / "a.py").write_text("x = 2\n")
     assert provenance.source_hash(tmp_path) != first
-    assert provenance.code_identity().startswith(("git:", "src:"))
 
 
 @pytest.mark.parametrize("budget,expected", [("1/8", "125"), ("200KB", "200KB"), ("", None), (None, None)])
@@ -148,3 +160,18 @@ def test_budget_fraction_of_the_base(budget, expected):
 def test_bad_budget_fraction(budget):
     with pytest.raises(ValueError, match="budget="):
         resolve_budget(budget, 1000.0)
+
+
+def test_the_split_is_inherited_through_runs_that_logged_it_empty():
+    """`mlflow run` logs a child's raw "" (take the parent's) before the script resolves it: a grandchild must
+    still find the train run's split."""
+    import mlflow
+
+    with tracking.tracked_run("train", "lineage", "base") as base:
+        mlflow.log_params({"dataset": "synthetic", "seed": "3", "val_size": "200", "train_subset": "1000"})
+    with tracking.tracked_run("prune", "lineage", "child", {"parent_run_id": base.info.run_id}) as child:
+        mlflow.log_params({"dataset": "", "seed": "", "val_size": "", "train_subset": ""})
+    found = tracking.lineage_params(child.info.run_id, jobs.SPLIT_FIELDS)
+    assert found == {"dataset": "synthetic", "seed": "3", "val_size": "200", "train_subset": "1000"}
+    data = jobs.inherit_split(jobs.DataOptions(None, None, None, None, None), found)
+    assert (data.seed, data.val_size) == (3, 200)

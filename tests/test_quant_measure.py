@@ -28,12 +28,7 @@ from prune_tracker.quant.weights import QMAX
 BN = nn.modules.batchnorm._BatchNorm
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
 
 def _images(n: int, seed: int) -> torch.Tensor:

@@ -14,43 +14,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import ResidualBasicBlock
+
 
 class PadShortcut(nn.Module):
-    """Option-A shortcut: subsample by 2 and zero-pad the channel dimension to `planes` channels (the
-    block passes its residual branch's width, so the padding follows the actual channel counts): input
-    channel c lands on output channel (planes - C_in) // 2 + c."""
+    """Option-A shortcut: subsample by 2 and zero-pad the channel dimension from `in_planes` to `planes`
+    channels: input channel c lands on output channel (planes - in_planes) // 2 + c.
+
+    The padding is plain int arithmetic on widths (never on tensor values), so the module traces with
+    torch.fx. The block passes its current conv widths (conv1's input, conv2's output; a folded BN may be
+    gone), so the padding follows the actual channel counts after a stage cut or a rebuild from an
+    architecture spec; called alone, it uses the widths it was built with."""
 
     def __init__(self, in_planes: int, planes: int):
         super().__init__()
-        self.in_planes = in_planes  # informative; the forward pass uses the actual widths
+        self.in_planes = in_planes
         self.planes = planes
 
-    def forward(self, x: torch.Tensor, planes: int | None = None) -> torch.Tensor:
-        x = x[:, :, ::2, ::2]
-        missing = (self.planes if planes is None else planes) - x.shape[1]
+    def forward(self, x: torch.Tensor, in_planes: int | None = None, planes: int | None = None) -> torch.Tensor:
+        in_planes = self.in_planes if in_planes is None else in_planes
+        planes = self.planes if planes is None else planes
+        missing = planes - in_planes
         if missing < 0:
-            raise RuntimeError(f"PadShortcut: {x.shape[1]} input channels do not fit {missing + x.shape[1]}")
-        return F.pad(x, (0, 0, 0, 0, missing // 2, missing - missing // 2))
+            raise RuntimeError(f"PadShortcut: {in_planes} input channels do not fit {planes}")
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, missing // 2, missing - missing // 2))
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(ResidualBasicBlock):
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = PadShortcut(in_planes, planes)
+    def make_shortcut(self, in_planes: int, planes: int, stride: int) -> nn.Module:
+        return PadShortcut(in_planes, planes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.branch(x)
         if isinstance(self.shortcut, PadShortcut):
-            return F.relu(out + self.shortcut(x, out.shape[1]))
+            return F.relu(out + self.shortcut(x, self.conv1.in_channels, self.conv2.out_channels))
         return F.relu(out + self.shortcut(x))
 
 

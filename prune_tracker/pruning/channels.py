@@ -200,16 +200,28 @@ def plan_lowest(layers: list[ChannelLayer], ratios: dict[str, float], scores: di
     }
 
 
-def params_after_removal(model: nn.Module, removed: dict[str, int], skip_last: int = 0) -> int:
-    """Parameter count after removing `removed[name]` filters of scope layers, computed from the layer
-    widths alone (no copy, no graph). `remove_channels` checks each real cut against the same arithmetic."""
-    out_cut = {layer.name: removed.get(layer.name, 0) for layer in channel_scope(model, skip_last)}
-    bn_cut = {layer.bn_name: out_cut[layer.name] for layer in channel_scope(model, skip_last)}
-    in_cut = {}
+def block_cuts(
+    model: nn.Module, removed: dict[str, int], skip_last: int = 0
+) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """(out_cut, in_cut, bn_cut) of removing `removed[name]` filters of scope layers: output channels per conv,
+    input channels (Linear: input features) per consumer, features per BN, by module name."""
+    out_cut: dict[str, int] = {}
+    in_cut: dict[str, int] = {}
+    bn_cut: dict[str, int] = {}
     for layer in channel_scope(model, skip_last):
+        k = removed.get(layer.name, 0)
         spatial = 1 if isinstance(layer.consumer, nn.Conv2d) else \
             layer.consumer.in_features // layer.conv.out_channels
-        in_cut[layer.consumer_name] = out_cut[layer.name] * spatial
+        out_cut[layer.name] = out_cut.get(layer.name, 0) + k
+        bn_cut[layer.bn_name] = bn_cut.get(layer.bn_name, 0) + k
+        in_cut[layer.consumer_name] = in_cut.get(layer.consumer_name, 0) + k * spatial
+    return out_cut, in_cut, bn_cut
+
+
+def params_after_cuts(
+    model: nn.Module, out_cut: dict[str, int], in_cut: dict[str, int], bn_cut: dict[str, int]
+) -> int:
+    """Parameter count of `model` with the given channels cut (see `block_cuts`), from the layer widths alone."""
     total = 0
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
@@ -226,10 +238,20 @@ def params_after_removal(model: nn.Module, removed: dict[str, int], skip_last: i
     return total
 
 
+def params_after_removal(model: nn.Module, removed: dict[str, int], skip_last: int = 0) -> int:
+    """Parameter count after removing `removed[name]` filters of scope layers, computed from the layer
+    widths alone (no copy, no graph). `remove_channels` checks each real cut against the same arithmetic."""
+    return params_after_cuts(model, *block_cuts(model, removed, skip_last))
+
+
+def uniform_removal(model: nn.Module, ratio: float, skip_last: int = 0) -> dict[str, int]:
+    """round(C*ratio) filters of every scope layer, by layer name."""
+    return {lay.name: n_remove(lay.conv.out_channels, ratio) for lay in channel_scope(model, skip_last)}
+
+
 def params_at_channel_ratio(model: nn.Module, ratio: float, skip_last: int = 0) -> int:
     """Parameter count after removing round(C*ratio) filters of every scope layer."""
-    removed = {lay.name: n_remove(lay.conv.out_channels, ratio) for lay in channel_scope(model, skip_last)}
-    return params_after_removal(model, removed, skip_last)
+    return params_after_removal(model, uniform_removal(model, ratio, skip_last), skip_last)
 
 
 def channel_ratio_for_param_reduction(model: nn.Module, target: float, skip_last: int = 0,

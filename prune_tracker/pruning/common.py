@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from .base import PruneResult
 from .layers import prunable_layers
@@ -25,6 +26,17 @@ def target_layers(model: nn.Module, opts: dict[str, Any]) -> list[tuple[str, nn.
 
 def n_weights(layers: list[tuple[str, nn.Module]]) -> int:
     return sum(m.weight.numel() for _, m in layers)
+
+
+def global_amount(layers: list[tuple[str, nn.Module]], ratio: float) -> int:
+    """How many weights a global cut at `ratio` removes: round(ratio * the weights of `layers`)."""
+    return int(round(ratio * n_weights(layers)))
+
+
+def prune_globally(layers: list[tuple[str, nn.Module]], ratio: float, method: type[prune.BasePruningMethod]) -> None:
+    """`prune.global_unstructured` of `global_amount(layers, ratio)` weights over `layers` by `method`."""
+    params = [(m, "weight") for _, m in layers]
+    prune.global_unstructured(params, pruning_method=method, amount=global_amount(layers, ratio))
 
 
 def unstructured_result(

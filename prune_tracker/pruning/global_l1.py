@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .base import PruneContext, PruneResult, PruningMethod, register_method
-from .common import LAYER_OPTIONS, n_weights, target_layers, unstructured_result
+from .common import LAYER_OPTIONS, prune_globally, target_layers, unstructured_result
 
 
 @register_method("global_l1")
@@ -23,9 +23,5 @@ class GlobalL1(PruningMethod):
     summary = "global magnitude (L1) over all prunable layers, one shot"
 
     def _prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **opts: Any) -> PruneResult:
-        layers = target_layers(model, opts)
-        amount = int(round(ratio * n_weights(layers)))
-        prune.global_unstructured(
-            [(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=amount
-        )
+        prune_globally(target_layers(model, opts), ratio, prune.L1Unstructured)
         return unstructured_result(model, opts)

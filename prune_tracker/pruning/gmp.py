@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from .base import PruneContext, PruneResult, PruningMethod, register_method
-from .common import LAYER_OPTIONS, n_weights, target_layers, unstructured_result
+from .common import LAYER_OPTIONS, global_amount, target_layers, unstructured_result
 from .han import prune_layer_to
 from .masks import apply_masks, attach_identity_masks, current_weight, global_masks
 
@@ -59,7 +59,7 @@ def prune_to(layers: list[tuple[str, nn.Module]], sparsity: float, scope: str) -
             prune_layer_to(module, sparsity)
         return
     scores = [current_weight(m).abs() for _, m in layers]
-    apply_masks(layers, global_masks(layers, scores, int(round(sparsity * n_weights(layers)))))
+    apply_masks(layers, global_masks(layers, scores, global_amount(layers, sparsity)))
 
 
 @register_method("gmp")

@@ -32,15 +32,7 @@ from .common import LAYER_OPTIONS, n_weights, target_layers, unstructured_result
 from .lamp import lamp_masks
 from .layers import channels_per_layer
 from .masks import apply_masks, count_nonzero_params
-from .stages import (
-    SCOPE_CHOICES,
-    SCOPE_OPTIONS,
-    check_scope,
-    cifar_stages,
-    lowest_chains,
-    prune_stages,
-    stage_filter_l1,
-)
+from .stages import SCOPE_CHOICES, SCOPE_OPTIONS, check_scope, prune_stages_l1
 from .structured import STRUCTURED_OPTIONS
 
 
@@ -74,8 +66,7 @@ class Hybrid(PruningMethod):
                 )
                 kept = remove_channels(model, plan, ctx.example_input, opts["skip_last"])
             if staged:
-                scores = lowest_chains([stage_filter_l1(s) for s in cifar_stages(model)])
-                stage_cut = prune_stages(model, channel_ratio, ctx.example_input, scores)
+                stage_cut = prune_stages_l1(model, channel_ratio, ctx.example_input)
         layers = target_layers(model, opts)
         left = sum(p.numel() for p in model.parameters())
         n_prune = int(round(ratio * total)) - (total - left)

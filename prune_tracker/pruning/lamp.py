@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import PruneContext, PruneResult, PruningMethod, register_method
-from .common import LAYER_OPTIONS, n_weights, target_layers, unstructured_result
+from .common import LAYER_OPTIONS, global_amount, n_weights, target_layers, unstructured_result
 from .masks import apply_masks, current_weight, global_masks
 
 
@@ -55,5 +55,5 @@ class Lamp(PruningMethod):
 
     def _prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **opts: Any) -> PruneResult:
         layers = target_layers(model, opts)
-        apply_masks(layers, lamp_masks(layers, int(round(ratio * n_weights(layers)))))
+        apply_masks(layers, lamp_masks(layers, global_amount(layers, ratio)))
         return unstructured_result(model, opts)

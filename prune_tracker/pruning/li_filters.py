@@ -38,15 +38,7 @@ from .channels import (
 )
 from .layers import channels_per_layer
 from .sensitivity import allocate, sensitivity_figure, sensitivity_scan
-from .stages import (
-    SCOPE_CHOICES,
-    SCOPE_OPTIONS,
-    check_scope,
-    cifar_stages,
-    lowest_chains,
-    prune_stages,
-    stage_filter_l1,
-)
+from .stages import SCOPE_CHOICES, SCOPE_OPTIONS, check_scope, prune_stages_l1
 from .structured import STRUCTURED_OPTIONS, structured_result
 
 
@@ -135,8 +127,7 @@ class LiFilters(PruningMethod):
             ratios, details, figures = layer_ratios(model, layers, ratio, ctx, opts)
             kept, spent = prune_filters(model, layers, ratios, ctx, opts)
         if staged:
-            scores = lowest_chains([stage_filter_l1(s) for s in cifar_stages(model)])
-            details["stages"] = prune_stages(model, ratio, ctx.example_input, scores)
+            details["stages"] = prune_stages_l1(model, ratio, ctx.example_input)
         result = structured_result(model, layers, before, kept, finetuned_epochs=spent, **details)
         result.figures.update(figures)
         return result

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .base import PruneContext, PruneResult, PruningMethod, register_method
-from .common import LAYER_OPTIONS, n_weights, seeded, target_layers, unstructured_result
+from .common import LAYER_OPTIONS, prune_globally, seeded, target_layers, unstructured_result
 
 
 @register_method("random")
@@ -23,9 +23,6 @@ class RandomMasks(PruningMethod):
 
     def _prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **opts: Any) -> PruneResult:
         layers = target_layers(model, opts)
-        amount = int(round(ratio * n_weights(layers)))
         with seeded(opts["seed"], ctx.device):
-            prune.global_unstructured(
-                [(m, "weight") for _, m in layers], pruning_method=prune.RandomUnstructured, amount=amount
-            )
+            prune_globally(layers, ratio, prune.RandomUnstructured)
         return unstructured_result(model, opts)

@@ -39,7 +39,16 @@ import torch
 from torch import Tensor, nn
 
 from ..models.resnet_cifar import BasicBlock, CifarResNet, PadShortcut
-from .channels import _count, _widths, channel_scope, filter_l1, lowest, n_remove
+from .channels import (
+    _count,
+    _widths,
+    block_cuts,
+    filter_l1,
+    lowest,
+    n_remove,
+    params_after_cuts,
+    uniform_removal,
+)
 
 SCOPES = ("block", "stage", "all")
 SCOPE_OPTIONS: dict[str, Any] = {"scope": "block"}
@@ -351,19 +360,19 @@ def prune_stages(model: nn.Module, ratio: float, example_input: Tensor, select: 
     return stage_details(names, widths, kept)
 
 
+def prune_stages_l1(model: nn.Module, ratio: float, example_input: Tensor) -> dict[str, Any]:
+    """`prune_stages` removing the chains with the lowest summed L1 norms of the filters writing them
+    (`stage_filter_l1`; li_filters, hybrid)."""
+    return prune_stages(model, ratio, example_input, lowest_chains([stage_filter_l1(s) for s in cifar_stages(model)]))
+
+
 def scoped_param_count(model: nn.Module, ratio: float, scope: str, skip_last: int = 0) -> int:
     """Parameter count after a uniform cut at `ratio` in `scope`, from the layer widths alone (no copy)."""
     out_cut: dict[str, int] = {}
     in_cut: dict[str, int] = {}
     bn_cut: dict[str, int] = {}
     if scope in ("block", "all"):
-        for layer in channel_scope(model, skip_last):
-            k = n_remove(layer.conv.out_channels, ratio)
-            spatial = 1 if isinstance(layer.consumer, nn.Conv2d) else \
-                layer.consumer.in_features // layer.conv.out_channels
-            out_cut[layer.name] = out_cut.get(layer.name, 0) + k
-            bn_cut[layer.bn_name] = bn_cut.get(layer.bn_name, 0) + k
-            in_cut[layer.consumer_name] = in_cut.get(layer.consumer_name, 0) + k * spatial
+        out_cut, in_cut, bn_cut = block_cuts(model, uniform_removal(model, ratio, skip_last), skip_last)
     if scope in ("stage", "all"):
         stages = cifar_stages(model)
         for stage, (k, _, _) in zip(stages, stage_counts([s.width for s in stages], ratio), strict=True):
@@ -372,17 +381,4 @@ def scoped_param_count(model: nn.Module, ratio: float, scope: str, skip_last: in
                 bn_cut[bn_name] = bn_cut.get(bn_name, 0) + k
             for name, _ in stage.consumers:
                 in_cut[name] = in_cut.get(name, 0) + k
-    total = 0
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            c_in, c_out = m.in_channels - in_cut.get(name, 0), m.out_channels - out_cut.get(name, 0)
-            total += c_in // m.groups * c_out * m.kernel_size[0] * m.kernel_size[1]
-            total += c_out if m.bias is not None else 0
-        elif isinstance(m, nn.Linear):
-            total += (m.in_features - in_cut.get(name, 0)) * m.out_features
-            total += m.out_features if m.bias is not None else 0
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            total += 2 * (m.num_features - bn_cut.get(name, 0)) if m.affine else 0
-        else:
-            total += sum(p.numel() for p in m.parameters(recurse=False))
-    return total
+    return params_after_cuts(model, out_cut, in_cut, bn_cut)

@@ -240,6 +240,7 @@ class LoadedModel:
     spec: dict[str, Any]
     source_run_id: str | None
     uri: str
+    precision: str = "fp32"  # int8 / int4: a deployable file (BatchNorm folded, weights quantised)
 
 
 def _load_checked(spec: dict[str, Any], state: dict[str, torch.Tensor], origin: str) -> nn.Module:
@@ -387,7 +388,7 @@ def _load_quantised(model_uri: str, run_id: str, name: str) -> LoadedModel:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
         model, spec = load_quantized(folder / QUANT_FILE_NAME)
-    return LoadedModel(model.eval(), spec, run_id, model_uri)
+    return LoadedModel(model.eval(), spec, run_id, model_uri, precision=name.removeprefix("model_"))
 
 
 def load_model(model_uri: str, arch: str | None = None) -> LoadedModel:
@@ -440,6 +441,37 @@ def finished_run_with_tag(experiment_id: str, key: str, value: str) -> str | Non
     runs = MlflowClient().search_runs([experiment_id], f"tags.{key} = '{value}' and attributes.status = 'FINISHED'",
                                       max_results=1, order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
+
+
+def ancestor_run(run_id: str, stage: str, max_depth: int = 32) -> str | None:
+    """`run_id` itself or its nearest ancestor (through the `parent_run_id` tag) whose tag `stage` is `stage`."""
+    client = MlflowClient()
+    for _ in range(max_depth):
+        try:
+            tags = client.get_run(run_id).data.tags
+        except MlflowException:
+            return None
+        if tags.get("stage") == stage:
+            return run_id
+        run_id = tags.get("parent_run_id")
+        if not run_id:
+            return None
+    return None
+
+
+def lineage_params(run_id: str, keys: tuple[str, ...], max_depth: int = 32) -> dict[str, str]:
+    """For each key, the first non-empty param value along the run and its ancestors (`parent_run_id`): `mlflow
+    run` logs an entry point's raw values (an empty "take the parent's") before the script resolves them."""
+    client, found = MlflowClient(), {}
+    for _ in range(max_depth):
+        run = client.get_run(run_id)
+        for key in keys:
+            if key not in found and run.data.params.get(key) not in (None, ""):
+                found[key] = run.data.params[key]
+        run_id = run.data.tags.get("parent_run_id")
+        if not run_id or len(found) == len(keys):
+            return found
+    return found
 
 
 def run_tags(run_id: str) -> dict[str, str]:

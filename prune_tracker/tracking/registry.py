@@ -92,7 +92,8 @@ def variant_uri(p: RunPoint) -> str:
     try:
         if uri is None:
             raise MlflowException(f"no logged model named {name!r}")
-        mlflow.models.get_model_info(uri)
+        if uri.startswith("runs:/"):  # a plain run artifact must hold an MLmodel; logged models exist as such
+            mlflow.models.get_model_info(uri)
     except (MlflowException, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"run {p.run_id} has no {p.precision} model {name!r} to register: {first}") from None

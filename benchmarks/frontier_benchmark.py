@@ -1,0 +1,168 @@
+"""The compression frontier: every row is a real `prune` MLflow run of the job layer (the same code as
+`mlflow run . -e prune`), read back from the tracking store; prints markdown tables and writes JSON.
+
+Two grids, from one dense base model (a train run's `runs:/<id>/model`):
+
+    # precisions x sparsity (quantised-formats issue): methods x sparsities x qat, every precision measured
+    python benchmarks/frontier_benchmark.py precisions --base runs:/<id>/model --data-dir DATA \
+        --methods global_l1,lamp --sparsities 0,0.5,0.7,0.8,0.9 --finetune-epochs 2 --qat none,int4
+
+    # recovery recipes at byte targets (recovery-recipes issue): targets x recipes x budgets x seeds
+    python benchmarks/frontier_benchmark.py frontier --base runs:/<id>/model --data-dir DATA --targets 10,20 \
+        --recipes finetune,rewind,distill,distill+rewind,iterative+rewind --budgets 2 --seeds 0,1 \
+        --target-metric footprint_best_int8_bytes
+
+A target `10` means 10x smaller than the base's dense fp32 bytes, in `--target-metric` (a ceiling: the
+searched ratio's bytes are at or under it). Accuracies are test accuracies of the measured precision (int8 for
+an int8 target); drops are against the dense fp32 parent. The device is chosen by the script (`auto`: CUDA
+when present) and printed with the CPU kind beside every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from prune_tracker import jobs, tracking  # noqa: E402
+from prune_tracker.training import TrainConfig, resolve_device  # noqa: E402
+
+ANCHORS = """Published anchors (CIFAR-10, official data; this lab uses a JPEG copy, so compare drops, not levels):
+- Renda et al. 2020 (learning-rate rewinding, unstructured): ResNet-20 79% sparse +0.02 pt, 89% -0.96 pt;
+  ResNet-56 89% +0.1 pt.
+- Carreira-Perpinan & Idelbayev 2018 (Learning-Compression): ResNet-32 90% sparse -0.16 pt.
+- Choi et al. 2017 (pruning + quantisation): ResNet-32 80% pruned + quantised, 22x smaller, +0.1 pt.
+- Han et al. 2016 (Deep Compression): pruning 9-13x, with quantisation 35-49x (ImageNet)."""
+
+RECIPES = {  # name -> Recovery fields (the budget sets finetune_epochs; iterative spends half in rounds)
+    "finetune": {},
+    "rewind": {"finetune_schedule": "rewind"},
+    "distill": {"distill_alpha": 0.7},
+    "distill+rewind": {"finetune_schedule": "rewind", "distill_alpha": 0.7},
+    "iterative+rewind": {"finetune_schedule": "rewind", "rounds": 3},
+}
+
+
+def cpu_kind() -> str:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    kind = "AVX512_BF16" if "avx512_bf16" in flags else ("AVX2" if "avx2" in flags else platform.machine())
+    return f"{torch.get_num_threads()}-thread CPU, {kind}"
+
+
+def where(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_kind()
+
+
+def run_prune(args: argparse.Namespace, method: str, ratio: float, finetune_epochs: float, seed: int,
+              recovery: jobs.Recovery, qat: str = "none", target: float | None = None) -> dict[str, Any]:
+    data = jobs.DataOptions(None, args.data_dir, None, None, None)
+    config = TrainConfig(epochs=finetune_epochs, lr=args.lr, schedule="cosine", ema_decay=0.0, seed=seed)
+    run = jobs.RunOptions(args.experiment, args.device, progress=False)
+    started = time.perf_counter()
+    run_id = jobs.prune_model(args.base, method, ratio, data, config, run, finetune_epochs,
+                              target_bytes=int(target) if target else None, target_metric=args.target_metric,
+                              qat=qat, recovery=recovery)
+    return {"run_id": run_id, "seconds": time.perf_counter() - started, **tracking.run_metrics(run_id)}
+
+
+def precision_grid(args: argparse.Namespace, parent: dict[str, float]) -> list[dict[str, Any]]:
+    rows = []
+    for method in args.methods.split(","):
+        for sparsity in [float(s) for s in args.sparsities.split(",")]:
+            for qat in args.qat.split(","):
+                if qat != "none" and sparsity == 0:
+                    continue
+                m = run_prune(args, method, sparsity, args.finetune_epochs, 0, jobs.Recovery(), qat)
+                for p in ("fp16", "int8", "int4", "w8a8"):
+                    bytes_key = "total_w8a8_bytes" if p == "w8a8" else f"footprint_best_{p}_bytes"
+                    rows.append({"method": method, "sparsity": sparsity, "qat": qat, "precision": p,
+                                 "test_accuracy": m.get(f"test_accuracy_{p}"), "bytes": m.get(bytes_key),
+                                 "drop_pt": 100 * (parent["test_accuracy"] - m.get(f"test_accuracy_{p}", 0)),
+                                 "x_smaller": parent["footprint_fp32_bytes"] / m[bytes_key] if m.get(bytes_key)
+                                 else None, "seconds": m["seconds"], "run_id": m["run_id"]})
+                print_rows(rows[-4:], header=False)
+    return rows
+
+
+def frontier_grid(args: argparse.Namespace, parent: dict[str, float]) -> list[dict[str, Any]]:
+    precision = args.target_metric.split("_")[-2] if "int" in args.target_metric else "fp16"
+    rows = []
+    for factor in [float(t) for t in args.targets.split(",")]:
+        target = parent["footprint_fp32_bytes"] / factor
+        for recipe in args.recipes.split(","):
+            for budget in [float(b) for b in args.budgets.split(",")]:
+                fields = dict(RECIPES[recipe])
+                finetune = budget
+                if "rounds" in fields:  # half of the budget retrains between rounds, half at the end
+                    fields["round_epochs"] = budget / 2 / fields["rounds"]
+                    finetune = budget / 2
+                accuracies = []
+                for seed in [int(s) for s in args.seeds.split(",")]:
+                    m = run_prune(args, args.method, 0.5, finetune, seed, jobs.Recovery(**fields), target=target)
+                    accuracies.append(m[f"test_accuracy_{precision}"] if precision != "fp16" else m["test_accuracy"])
+                mean = statistics.mean(accuracies)
+                rows.append({"target_x": factor, "recipe": recipe, "budget_epochs": budget, "precision": precision,
+                             "bytes": m.get(args.target_metric), "ratio": m.get("ratio"), "n": len(accuracies),
+                             "test_accuracy_mean": mean,
+                             "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                             "drop_pt": 100 * (parent["test_accuracy"] - mean), "last_run_id": m["run_id"]})
+                print_rows(rows[-1:], header=False)
+    return rows
+
+
+def print_rows(rows: list[dict[str, Any]], header: bool = True) -> None:
+    if not rows:
+        return
+    keys = [k for k in rows[0] if k not in ("run_id", "last_run_id")]
+    if header:
+        print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
+    for row in rows:
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (row[k] for k in keys)]
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", choices=("precisions", "frontier"))
+    parser.add_argument("--base", required=True, help="the dense parent, runs:/<id>/model")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--experiment", default="frontier-benchmark")
+    parser.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak lr (cosine recipes)")
+    parser.add_argument("--methods", default="global_l1,lamp")
+    parser.add_argument("--method", default="lamp", help="frontier grid: the pruning method")
+    parser.add_argument("--sparsities", default="0,0.5,0.7,0.8,0.9")
+    parser.add_argument("--qat", default="none,int4")
+    parser.add_argument("--finetune-epochs", type=float, default=2.0)
+    parser.add_argument("--targets", default="10,20,40")
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--budgets", default="2,10,30")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--target-metric", default="footprint_best_int8_bytes")
+    parser.add_argument("--out", default=None, help="JSON file for the rows")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    parent = tracking.run_metrics(tracking.resolve_run_id(args.base))
+    print(f"base {args.base}: test accuracy {parent['test_accuracy']:.4f}, dense fp32 "
+          f"{parent['footprint_fp32_bytes']:.0f} B; device: {where(device)}; torch {torch.__version__}", flush=True)
+    started = time.perf_counter()
+    rows = (precision_grid if args.grid == "precisions" else frontier_grid)(args, parent)
+    print(f"\n{args.grid} grid on {where(device)}, {time.perf_counter() - started:.0f} s\n")
+    print_rows(rows)
+    print("\n" + ANCHORS)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"base": args.base, "parent": parent, "device": where(device),
+                                              "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
