@@ -66,7 +66,7 @@ def run_prune(args: argparse.Namespace, method: str, ratio: float, finetune_epoc
               recovery: jobs.Recovery, qat: str = "none", target: float | None = None) -> dict[str, Any]:
     data = jobs.DataOptions(None, args.data_dir, None, None, None)
     config = TrainConfig(epochs=finetune_epochs, lr=args.lr, schedule="cosine", ema_decay=0.0, seed=seed)
-    run = jobs.RunOptions(args.experiment, args.device, progress=False)
+    run = jobs.RunOptions(args.experiment, args.device, progress=False, precisions=tuple(args.precisions.split(",")))
     started = time.perf_counter()
     run_id = jobs.prune_model(args.base, method, ratio, data, config, run, finetune_epochs,
                               target_bytes=int(target) if target else None, target_metric=args.target_metric,
@@ -87,6 +87,7 @@ def precision_grid(args: argparse.Namespace, parent: dict[str, float]) -> list[d
                     rows.append({"method": method, "sparsity": sparsity, "qat": qat, "precision": p,
                                  "test_accuracy": m.get(f"test_accuracy_{p}"), "bytes": m.get(bytes_key),
                                  "drop_pt": 100 * (parent["test_accuracy"] - m.get(f"test_accuracy_{p}", 0)),
+                                 "cost_vs_fp32_pt": 100 * (m["test_accuracy"] - m.get(f"test_accuracy_{p}", 0)),
                                  "x_smaller": parent["footprint_fp32_bytes"] / m[bytes_key] if m.get(bytes_key)
                                  else None, "seconds": m["seconds"], "run_id": m["run_id"]})
                 print_rows(rows[-4:], header=False)
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="2,10,30")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--target-metric", default="footprint_best_int8_bytes")
+    parser.add_argument("--precisions", default="fp16,int8,int4", help="measured on every run (frontier: int8)")
     parser.add_argument("--out", default=None, help="JSON file for the rows")
     args = parser.parse_args()
     device = resolve_device(args.device)

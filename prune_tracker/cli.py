@@ -502,7 +502,7 @@ def methods() -> None:
         method = get_method(name)
         kind = "structured" if method.structured else "unstructured"
         opts = ", ".join(f"{k}={v!r}" for k, v in method.params.items()) or "-"
-        click.echo(f"{name:16s} {kind:12s} options: {opts}")
+        click.echo(f"{name:16s} {kind:12s} {method.summary}\n{'':29s}options: {opts}")
 
 
 @cli.command()

@@ -1,10 +1,10 @@
 """Channel removal through Torch-Pruning's DependencyGraph, with the scope every structured method shares
 and a check that each cut removed exactly what was meant.
 
-Scope (Li et al. 2017 Sec. 4.2; shared/notes/torch-pruning-facts.md):
+Scope (Li et al. 2017 Sec. 4.2):
 - ResNets (any block with conv1/bn1/conv2/shortcut): only the FIRST conv of each basic block: its out
-  channels, its BN and the block's conv2 in-channels. Block outputs are never pruned. On option-A CIFAR
-  ResNets the zero-padding shortcut is invisible to the tracer (MagnitudePruner silently breaks the model);
+  channels, its BN and the block's conv2 in-channels (scope=block; stages.py cuts block outputs). On option-A
+  CIFAR ResNets the zero-padding shortcut is invisible to the tracer (MagnitudePruner silently breaks the model);
   on ResNet-18 (projection shortcuts) the same block-internal scope is used for consistency.
 - VGG (`features` Sequential): every conv except the last `skip_last` ones; the conv feeding the classifier
   trims Linear-1's inputs through the graph (Li et al. Sec. 4.1).

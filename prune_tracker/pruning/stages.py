@@ -3,7 +3,7 @@
 Why: a block-internal cut (`channels.py`: conv1 of each block) leaves every block output at full width,
 and the activation peak of a CIFAR ResNet sits at the block outputs of the first stage. Torch-Pruning's
 DependencyGraph cannot cut those: it does not see the zero-padding shortcut as a channel dependency and
-silently breaks the model (shared/notes/torch-pruning-facts.md). The structure is known, so the cut is
+silently mis-prunes the model (the padded channels no longer line up). The structure is known, so the cut is
 done here by hand and verified.
 
 Coupling. Within a stage the residual additions tie every block output to the same channel index: a

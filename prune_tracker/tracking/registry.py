@@ -111,6 +111,11 @@ def _validate(
     return {p.key: variant_uri(p) for p in points}
 
 
+# A w8a8 point registers the run's int8 file: the accuracy tag needs its activation scales calibrated again.
+W8A8_NOTE = ("int8 per-tensor input scales, calibrated on validation images (prune_tracker.quant.calibrate_w8a8); "
+             "the file holds the int8 weights")
+
+
 def _version_tags(p: RunPoint) -> dict[str, str]:
     comp = p.compression
     return {
@@ -125,6 +130,7 @@ def _version_tags(p: RunPoint) -> dict[str, str]:
         "arch": p.arch,
         "compression": "" if comp is None else f"{comp:.4g}",
         "test_accuracy": "" if p.test_accuracy is None else f"{p.test_accuracy:.6g}",
+        **({"activations": W8A8_NOTE} if p.precision == "w8a8" else {}),
     }
 
 
