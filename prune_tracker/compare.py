@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -313,7 +313,9 @@ def compare_figure(
 # ------------------------------------------------------------------------------------------ run it
 
 
-def _log_compare_run(result: CompareResult, query: RunQuery, experiment_name: str) -> str:
+def _log_compare_run(result: CompareResult, query: RunQuery, experiment_name: str,
+                     register: Callable[[], None] | None = None) -> str:
+    """Log the compare run; `register` runs inside it, so a failed registration ends the run FAILED."""
     with artifacts.stage_run("compare", experiment_name, {"method": "compare"}) as run:
         params = _run_params(query, result.answers) | {"precisions": ",".join(result.precisions)}
         tracking.log_params({k: v for k, v in params.items() if v is not None})
@@ -336,6 +338,8 @@ def _log_compare_run(result: CompareResult, query: RunQuery, experiment_name: st
         winners = [(key, p) for key, p in _winners(result.answers) if p is not None]
         artifacts.set_tags({f"{key}_winner_run_id": p.run_id for key, p in winners}
                            | {f"{key}_winner_precision": p.precision for key, p in winners})
+        if register is not None:
+            register()
         return run.info.run_id
 
 
@@ -395,9 +399,8 @@ def run_compare(
         table=format_table(chosen.points, query.footprint, front, query.metric),
         precisions=chosen.precisions,
     )
-    if log_run:
-        result.run_id = _log_compare_run(result, query, log_experiment or experiment_names[0])
-    if register and front:
+
+    def register_winners() -> None:
         champion = result.answers.champion
         result.registration = register_front(
             front,
@@ -405,4 +408,10 @@ def run_compare(
             champion.run_id if champion else None,
             champion_precision=champion.precision if champion else None,
         )
+
+    registration = register_winners if register and front else None
+    if log_run:
+        result.run_id = _log_compare_run(result, query, log_experiment or experiment_names[0], registration)
+    elif registration is not None:
+        registration()
     return result

@@ -120,7 +120,8 @@ def test_train_run_is_finished_sane_and_reloads(base_run):
     assert reproduce_accuracy(base_run) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     client = MlflowClient()
     assert [m.step for m in client.get_metric_history(base_run.info.run_id, "epoch_val_accuracy")] == [1, 2, 3]
-    assert len(client.get_metric_history(base_run.info.run_id, "val_accuracy")) == 1  # only the final (TTA) value
+    final = client.get_metric_history(base_run.info.run_id, "val_accuracy")  # run + logged model: the final value
+    assert {m.step for m in final} == {0} and len({m.value for m in final}) == 1
 
 
 def test_evaluate_entry_point(base_run):

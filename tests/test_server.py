@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import mlflow
 import pytest
+import torch
 from conftest import QUICK_TRAIN, SYNTHETIC_DATA
 from mlflow.tracking import MlflowClient
 from test_entrypoints import assert_ok, mlflow_run, submit_runs
 
+from prune_tracker import tracking
 from prune_tracker.compare import run_compare
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +31,9 @@ def test_prune_over_http_then_compare_and_register(mlflow_server, monkeypatch):
         artifact_uri = client.search_runs([experiment], "tags.stage = 'prune'")[0].info.artifact_uri
         assert artifact_uri.startswith("mlflow-artifacts:"), artifact_uri
         result = run_compare(["server"], dataset="synthetic", register=True, registered_name="server-model")
-        assert {p.stage for p in result.candidates} == {"train", "prune"} and len(result.candidates) == 3
+        assert {p.stage for p in result.candidates} == {"train", "prune"}
+        assert len({p.run_id for p in result.candidates}) == 3  # each run once per precision it measured
+        assert {p.precision for p in result.candidates} == {"fp16", "int8", "int4", "w8a8"}
         assert result.front and not result.missing
         versions = client.search_model_versions("name='server-model'")
         assert len(versions) == len(result.front)
@@ -37,6 +41,7 @@ def test_prune_over_http_then_compare_and_register(mlflow_server, monkeypatch):
         assert len(client.search_model_versions("name='server-model'")) == len(versions)
         champion = client.get_model_version_by_alias("server-model", "champion")
         assert champion.run_id in {p.run_id for p in again.front}
-        assert mlflow.pytorch.load_model("models:/server-model@champion") is not None
+        model = tracking.load_model("models:/server-model@champion").model  # any precision, over HTTP
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     finally:
         mlflow.set_tracking_uri(None)
