@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from ..models import architecture_spec, build_from_spec, build_model
+from ..quant import artifact_dir_name
 
 # Artifact downloads while loading a model would otherwise draw progress bars into command output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -346,8 +347,11 @@ def resolve_run_id(model_uri: str) -> str:
     return resolve_model_location(model_uri)[0]
 
 
-# The deployable variants a run logs beside its `model`, by precision (prune-tracker's quantised formats).
-PRECISION_ARTIFACTS = {"fp16": MODEL_ARTIFACT, "int8": "model_int8", "int4": "model_int4", "w8a8": "model_int8"}
+# The deployable variants a run logs beside its `model` (named by quant.artifact_dir_name), by precision; a w8a8
+# point is the int8 file with its activation scales calibrated again.
+QUANTISED_ARTIFACTS = tuple(artifact_dir_name(p) for p in ("int8", "int4"))
+PRECISION_ARTIFACTS = {"fp16": MODEL_ARTIFACT, "int8": QUANTISED_ARTIFACTS[0], "int4": QUANTISED_ARTIFACTS[1],
+                       "w8a8": QUANTISED_ARTIFACTS[0]}
 
 
 def logged_model_uri(run_id: str, name: str = MODEL_ARTIFACT) -> str | None:
@@ -358,13 +362,6 @@ def logged_model_uri(run_id: str, name: str = MODEL_ARTIFACT) -> str | None:
         experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
         order_by=[{"field_name": "creation_time", "ascending": False}], output_format="list")
     return f"models:/{models[0].model_id}" if models else None
-
-
-def run_artifact_names(run_id: str) -> list[str]:
-    return sorted(Path(info.path).name for info in MlflowClient().list_artifacts(run_id))
-
-
-QUANTISED_ARTIFACTS = ("model_int8", "model_int4")
 
 
 def _loadable_models(run_id: str) -> list[str]:

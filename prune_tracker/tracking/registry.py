@@ -28,7 +28,6 @@ from prune_tracker.frontier import FP16, RunPoint
 from prune_tracker.tracking import PRECISION_ARTIFACTS, logged_model_uri
 
 CHAMPION_ALIAS = "champion"
-MODEL_ARTIFACT = "model"
 PRECISION_TAG = "precision"
 
 
