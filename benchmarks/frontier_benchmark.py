@@ -21,8 +21,10 @@ when present) and printed with the CPU kind beside every row.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
+import re
 import statistics
 import sys
 import time
@@ -62,6 +64,25 @@ def where(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_kind()
 
 
+def method_options(text: str) -> dict[str, str]:
+    """`scope=all,p=1` -> {"scope": "all", "p": "1"} (the method's own options, as `-P name=value`)."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"--options {text!r}: expected name=value[,name=value]")
+    return dict(pairs)
+
+
+def dense_bytes(parent: dict[str, float], target_metric: str) -> float:
+    """The dense fp32 reference of a target: weights, plus the fp32 activation peak for a `total_*` metric."""
+    weights = parent["footprint_fp32_bytes"]
+    return weights + parent["activation_peak_fp32_bytes"] if target_metric.startswith("total_") else weights
+
+
+def metric_precision(target_metric: str) -> str:
+    found = re.search(r"(int8|int4|w8a8)", target_metric)
+    return found.group(1) if found else "fp16"
+
+
 def run_prune(args: argparse.Namespace, method: str, ratio: float, finetune_epochs: float, seed: int,
               recovery: jobs.Recovery, qat: str = "none", target: float | None = None) -> dict[str, Any]:
     data = jobs.DataOptions(None, args.data_dir, None, None, None)
@@ -69,6 +90,7 @@ def run_prune(args: argparse.Namespace, method: str, ratio: float, finetune_epoc
     run = jobs.RunOptions(args.experiment, args.device, progress=False, precisions=tuple(args.precisions.split(",")))
     started = time.perf_counter()
     run_id = jobs.prune_model(args.base, method, ratio, data, config, run, finetune_epochs,
+                              options=method_options(args.options),
                               target_bytes=int(target) if target else None, target_metric=args.target_metric,
                               qat=qat, recovery=recovery)
     return {"run_id": run_id, "seconds": time.perf_counter() - started, **tracking.run_metrics(run_id)}
@@ -78,7 +100,7 @@ def precision_grid(args: argparse.Namespace, parent: dict[str, float]) -> list[d
     rows = []
     for method in args.methods.split(","):
         for sparsity in [float(s) for s in args.sparsities.split(",")]:
-            for qat in args.qat.split(","):
+            for qat in (args.qat or "none,int4").split(","):
                 if qat != "none" and sparsity == 0:
                     continue
                 m = run_prune(args, method, sparsity, args.finetune_epochs, 0, jobs.Recovery(), qat)
@@ -95,28 +117,32 @@ def precision_grid(args: argparse.Namespace, parent: dict[str, float]) -> list[d
 
 
 def frontier_grid(args: argparse.Namespace, parent: dict[str, float]) -> list[dict[str, Any]]:
-    precision = args.target_metric.split("_")[-2] if "int" in args.target_metric else "fp16"
+    precision = metric_precision(args.target_metric)
+    accuracy_key = "test_accuracy" if precision == "fp16" else f"test_accuracy_{precision}"
+    grid = itertools.product([float(t) for t in args.targets.split(",")], args.recipes.split(","),
+                             [float(b) for b in args.budgets.split(",")], (args.qat or "none").split(","))
     rows = []
-    for factor in [float(t) for t in args.targets.split(",")]:
-        target = parent["footprint_fp32_bytes"] / factor
-        for recipe in args.recipes.split(","):
-            for budget in [float(b) for b in args.budgets.split(",")]:
-                fields = dict(RECIPES[recipe])
-                finetune = budget
-                if "rounds" in fields:  # half of the budget retrains between rounds, half at the end
-                    fields["round_epochs"] = budget / 2 / fields["rounds"]
-                    finetune = budget / 2
-                accuracies = []
-                for seed in [int(s) for s in args.seeds.split(",")]:
-                    m = run_prune(args, args.method, 0.5, finetune, seed, jobs.Recovery(**fields), target=target)
-                    accuracies.append(m[f"test_accuracy_{precision}"] if precision != "fp16" else m["test_accuracy"])
-                mean = statistics.mean(accuracies)
-                rows.append({"target_x": factor, "recipe": recipe, "budget_epochs": budget, "precision": precision,
-                             "bytes": m.get(args.target_metric), "ratio": m.get("ratio"), "n": len(accuracies),
-                             "test_accuracy_mean": mean,
-                             "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-                             "drop_pt": 100 * (parent["test_accuracy"] - mean), "last_run_id": m["run_id"]})
-                print_rows(rows[-1:], header=False)
+    for factor, recipe, budget, qat in grid:
+        target = dense_bytes(parent, args.target_metric) / factor
+        fields = dict(RECIPES[recipe])
+        finetune = budget
+        if "rounds" in fields:  # half of the budget retrains between rounds, half at the end
+            fields["round_epochs"] = budget / 2 / fields["rounds"]
+            finetune = budget / 2
+        runs = [run_prune(args, args.method, 0.5, finetune, seed, jobs.Recovery(**fields), qat, target=target)
+                for seed in [int(s) for s in args.seeds.split(",")]]
+        accuracies = [m[accuracy_key] for m in runs]
+        mean, last = statistics.mean(accuracies), runs[-1]
+        rows.append({"target_x": factor, "method": args.method, "options": args.options or "-", "recipe": recipe,
+                     "qat": qat, "budget_epochs": budget, "precision": precision,
+                     "bytes": last.get(args.target_metric), "ratio": last.get("ratio"), "n": len(accuracies),
+                     "test_accuracy_mean": mean,
+                     "test_accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                     "drop_pt": 100 * (parent["test_accuracy"] - mean),
+                     "x_smaller": dense_bytes(parent, args.target_metric) / last[args.target_metric],
+                     "minutes_per_run": statistics.mean(m["seconds"] for m in runs) / 60,
+                     "where": where(resolve_device(args.device)), "last_run_id": last["run_id"]})
+        print_rows(rows[-1:], header=False)
     return rows
 
 
@@ -142,7 +168,8 @@ def main() -> None:
     parser.add_argument("--methods", default="global_l1,lamp")
     parser.add_argument("--method", default="lamp", help="frontier grid: the pruning method")
     parser.add_argument("--sparsities", default="0,0.5,0.7,0.8,0.9")
-    parser.add_argument("--qat", default="none,int4")
+    parser.add_argument("--qat", default=None, help="precisions grid: none,int4 by default; frontier: none")
+    parser.add_argument("--options", default="", help="method options, e.g. scope=all,per_layer=uniform")
     parser.add_argument("--finetune-epochs", type=float, default=2.0)
     parser.add_argument("--targets", default="10,20,40")
     parser.add_argument("--recipes", default=",".join(RECIPES))

@@ -6,14 +6,17 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from .data import AUTO, DATASETS
 from .quant import PRECISIONS, QAT_CHOICES, validate_precisions
+from .seeds import AGGREGATES
 from .training import FINETUNE_SCHEDULES, SCHEDULES, TrainConfig
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -54,6 +57,36 @@ class Bytes(click.ParamType):
 
         try:
             return parse_bytes(str(value))
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+class Width(click.ParamType):
+    """A width multiplier: a finite number > 0 (`models.width`)."""
+
+    name = "width"
+
+    def convert(self, value: Any, param, ctx) -> float:
+        from .models.width import validate_width
+
+        try:
+            return validate_width(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+
+class Seeds(click.ParamType):
+    """A comma-separated list of seeds (`0,1,2`); empty = the one `--seed`."""
+
+    name = "seeds"
+
+    def convert(self, value: Any, param, ctx) -> list[int]:
+        from .seeds import parse_seeds
+
+        if isinstance(value, list):
+            return value
+        try:
+            return parse_seeds(str(value))
         except ValueError as err:
             self.fail(str(err), param, ctx)
 
@@ -165,11 +198,12 @@ zero_init_option = bool_option(
 )
 
 
-def _check_arch(arch: str, zero_init: bool) -> None:
-    """Unknown arch, or zero_init_residual on a model without residual blocks: fail before any data is read."""
+def _check_arch(arch: str, zero_init: bool, width: float = 1.0) -> None:
+    """Unknown arch, zero_init_residual on a model without residual blocks, or a width the arch does not take:
+    fail before any data is read."""
     from .models import build_model
 
-    build_model(arch, zero_init=zero_init)
+    build_model(arch, zero_init=zero_init, width=width)
 
 
 def option(name: str, **kwargs: Any) -> Callable:
@@ -219,6 +253,17 @@ model_uri_option = option("model_uri", required=True,
                           help="runs:/<id>/model (or model_int8 / model_int4), models:/<name>@<alias>, a logged model "
                                "id, or a local .pt file")
 arch_option = option("arch", default="", help="architecture of a plain state_dict file or a model logged elsewhere")
+input_shape_option = option("input_shape", default="",
+                            help="one input image's shape, e.g. 3,32,32, for a model whose MLflow signature has none "
+                                 "(default: the signature's, else the dataset's images)")
+
+
+def _input_shape(text: str) -> str | None:
+    """The `input_shape` option checked at once (one line on a bad value); '' = not given."""
+    from .models.foreign import parse_input_shape
+
+    parse_input_shape(text)
+    return text or None
 
 
 def recovery_options(schedule_default: str = "cosine") -> Callable:
@@ -308,6 +353,8 @@ def cli() -> None:
     default="",
     help="continue that run's last checkpoint",
 )
+@option("width", type=Width(), default=1.0,
+        help="channel multiplier of the zoo's ResNets and VGGs (round(width x channels), at least 1); 1 = published")
 @train_options(epochs_default=30, lr_default=0.2, ema_default=0.0)
 @zero_init_option
 @data_options()
@@ -316,7 +363,7 @@ def train(arch: str, resume_run_id: str, **kw) -> None:
     """Train a CIFAR model and log it as an MLflow run (stage=train)."""
     from .jobs import train as train_job
 
-    _check_arch(arch, kw["zero_init_residual"])
+    _check_arch(arch, kw["zero_init_residual"], kw["width"])
     data, run, config = _configs(kw)
     _print_run("train", train_job(arch, data, config, run, resume_run_id or None))
 
@@ -324,18 +371,20 @@ def train(arch: str, resume_run_id: str, **kw) -> None:
 @cli.command()
 @model_uri_option
 @arch_option
+@input_shape_option
 @click.option(
     "--tta-flip/--no-tta-flip", "--tta_flip/--no_tta_flip", "tta_flip", default=True, show_default=True
 )
 @option("batch_size", type=click.IntRange(min=1), default=500)
 @data_options(inherit=True)
 @handle_errors
-def evaluate(model_uri: str, arch: str, tta_flip: bool, batch_size: int, **kw) -> None:
+def evaluate(model_uri: str, arch: str, input_shape: str, tta_flip: bool, batch_size: int, **kw) -> None:
     """Evaluate a model: top-1/top-5, loss, per-class accuracy, confusion matrix, CPU latency."""
     from .jobs import evaluate_model
 
+    shape = _input_shape(input_shape)
     data, run, _ = _configs(kw)
-    _print_run("evaluate", evaluate_model(model_uri, data, run, arch or None, tta_flip, batch_size))
+    _print_run("evaluate", evaluate_model(model_uri, data, run, arch or None, tta_flip, batch_size, shape))
 
 
 def _parse_extra_options(args: list[str]) -> dict[str, str]:
@@ -393,6 +442,7 @@ def _parse_extra_options(args: list[str]) -> dict[str, str]:
 @click.option("--qat", type=click.Choice(QAT_CHOICES), default="none", show_default=True,
               help="quantisation-aware fine-tuning at this precision (fake-quantised weights, straight-through)")
 @arch_option
+@input_shape_option
 @train_options(epochs_default=None, lr_default=0.01, schedule_default="cosine")
 @recovery_options()
 @data_options(inherit=True)
@@ -423,6 +473,7 @@ def prune(
         raw[key] = value
     options = get_method(method).resolve_options(raw)
     arch = kw.pop("arch") or None
+    input_shape = _input_shape(kw.pop("input_shape"))
     recovery = _recovery(kw)
     data, run, config = _configs(kw)
     _print_run(
@@ -442,6 +493,7 @@ def prune(
             arch,
             qat,
             recovery,
+            input_shape=input_shape,
         ),
     )
 
@@ -449,22 +501,24 @@ def prune(
 @cli.command()
 @click.option("--model-uri", "--model_uri", "model_uri", required=True, help="a pruned run's model URI")
 @arch_option
+@input_shape_option
 @click.option("--qat", type=click.Choice(QAT_CHOICES), default="none", show_default=True,
               help="quantisation-aware fine-tuning at this precision (fake-quantised weights, straight-through)")
 @train_options(epochs_default=5, lr_default=0.01, schedule_default="cosine")
 @recovery_options(schedule_default="")
 @data_options(inherit=True)
 @handle_errors
-def finetune(model_uri: str, arch: str, qat: str, **kw) -> None:
+def finetune(model_uri: str, arch: str, input_shape: str, qat: str, **kw) -> None:
     """Continue training a pruned model with its masks or architecture kept (stage=finetune)."""
     from .jobs import finetune_model
 
+    shape = _input_shape(input_shape)
     recovery = _recovery(kw, fallback_schedule=kw["schedule"])
     if recovery.rounds is not None or recovery.round_epochs is not None:
         raise ValueError("rounds / round_epochs belong to prune (they interleave pruning and retraining)")
     data, run, config = _configs(kw)
     _print_run("finetune", finetune_model(model_uri, config.epochs, data, config, run, config.tta_flip,
-                                          arch or None, qat, recovery))
+                                          arch or None, qat, recovery, input_shape=shape))
 
 
 @cli.command()
@@ -479,13 +533,17 @@ def finetune(model_uri: str, arch: str, qat: str, **kw) -> None:
     help="batch size for the activation peak",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the breakdown as JSON")
+@input_shape_option
 @handle_errors
-def footprint(model_uri: str, arch: str, batch_size: int, as_json: bool) -> None:
+def footprint(model_uri: str, arch: str, batch_size: int, as_json: bool, input_shape: str) -> None:
     """Print a model's footprint breakdown (parameters per format, activations, FLOPs, MicroNet)."""
     from .footprint import format_table, measure_footprint
+    from .models.foreign import parse_input_shape
     from .tracking import load_model
 
-    fp = measure_footprint(load_model(model_uri, arch or None).model, batch_size=batch_size)
+    loaded = load_model(model_uri, arch or None)
+    shape = loaded.input_shape or parse_input_shape(input_shape) or (3, 32, 32)
+    fp = measure_footprint(loaded.model, shape, batch_size=batch_size)
     click.echo(
         json.dumps({"metrics": fp.metrics, "breakdown": fp.breakdown}, indent=2)
         if as_json
@@ -512,6 +570,28 @@ def archs() -> None:
 
     for name in known_archs():
         click.echo(f"{name:10s} {count_params(build_model(name)):>12,d} parameters")
+    names = [a.removeprefix("torchvision:") for a in known_archs(torchvision=True) if a.startswith("torchvision:")]
+    click.echo(f"torchvision:<builder>, weights=None, num_classes from the dataset; builders: {', '.join(names)}")
+
+
+@cli.command()
+@click.option("--experiment-names", "--experiment_names", "experiment_names", default="",
+              help="comma-separated experiments to check (default: every experiment)")
+@click.option("--stale-after", "--stale_after", "stale_after", default="15m", show_default=True,
+              help="a run of another host (or without owner tags) whose last heartbeat is older is an orphan: "
+                   "90s, 15m, 2h, 1d, or off")
+@click.option("--dry-run", "--dry_run", "dry_run", is_flag=True, help="only list the orphan runs")
+@handle_errors
+def gc(experiment_names: str, stale_after: str, dry_run: bool) -> None:
+    """Mark orphan runs KILLED: RUNNING runs whose process is gone (this host) or silent for --stale-after."""
+    from .tracking.gc import mark_orphans_killed, parse_duration
+
+    seconds = parse_duration(stale_after)  # a bad value fails before any server call
+    orphans = mark_orphans_killed(_split_list(experiment_names) or None, seconds, dry_run=dry_run)
+    verb = "orphan (dry run, not marked)" if dry_run else "marked KILLED"
+    for orphan in orphans:
+        click.echo(f"{verb}: {orphan.run_id} {orphan.experiment_name}/{orphan.run_name}: {orphan.reason}")
+    click.echo(f"gc: {len(orphans)} orphan run(s) {'found' if dry_run else 'marked KILLED'}")
 
 
 
@@ -554,6 +634,8 @@ def compare_filter_options(fn: Callable) -> Callable:
         click.option("--min-accuracy", "--min_accuracy", "min_accuracy",
                      type=FiniteFloat(low=0, high=1, optional=True), default=None,
                      help="smallest footprint above this accuracy"),
+        click.option("--aggregate", type=click.Choice(AGGREGATES), default="none", show_default=True,
+                     help="seed: runs identical but for the seed become one point (mean, std, n)"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -621,15 +703,20 @@ def report(out_dir: str, **kw) -> None:
               help="footprint budget for the champion: bytes (200KB) or a fraction of the base's fp32 bytes (1/8)")
 @bool_option("--register", default=True, help="register the front's models; --register [true|false]")
 @click.option("--registered-name", "--registered_name", "registered_name", default="")
+@click.option("--seeds", type=Seeds(), default="", help="run the whole study once per seed, e.g. 0,1,2, and compare "
+              "the mean over seeds (default: the one --seed)")
+@bool_option("--baselines", default=False,
+             help="also train a dense-small baseline per pruned model: at most its bytes, the same total epochs")
 @train_options(epochs_default=5, lr_default=0.2, ema_default=0.0, resize_default="16:0.5,24:0.3")
 @recovery_options()
 @zero_init_option
 @data_options(train_subset_default=0, val_size_default=2000)
 @handle_errors
 def main_pipeline(arch: str, methods: str, ratios: str, finetune_epochs: float, finetune_lr: float,
-                  footprint: str, budget: str, register: bool, registered_name: str, **kw) -> None:
-    """The whole study: train, prune with each method at each ratio, fine-tune, evaluate, compare,
-    register, report — each step a nested run; finished steps are reused on a rerun."""
+                  footprint: str, budget: str, register: bool, registered_name: str, seeds: list[int],
+                  baselines: bool, **kw) -> None:
+    """The whole study: train, prune with each method at each ratio, fine-tune, (dense-small baselines,) evaluate,
+    compare, register, report — each step a nested run, once per seed; finished steps are reused on a rerun."""
     from .pipeline import PipelineConfig, run_pipeline
 
     _check_arch(arch, kw["zero_init_residual"])
@@ -644,12 +731,227 @@ def main_pipeline(arch: str, methods: str, ratios: str, finetune_epochs: float, 
                               footprint=footprint, budget=budget or None, register=register,
                               registered_name=registered_name or None, experiment_name=run.experiment_name,
                               device=run.device, progress=run.progress, precisions=run.precisions,
-                              recovery=recovery)
+                              recovery=recovery, seeds=seeds, baselines=baselines)
     result = run_pipeline(pipeline)
     click.echo(f"pipeline run {result.run_id} finished: {len(result.steps)} steps "
                f"({len(result.reused)} reused)")
     if result.champion_uri:
         click.echo(f"champion: {result.champion_uri}")
+
+
+# ---------------------------------------------------------------- sweep and search (prune_tracker/sweep.py, search.py)
+
+
+def _recipe_param(name: str) -> click.Parameter | None:
+    """The `prune` option spelled `name` (underscores or dashes) when it is a recipe option a study may vary."""
+    from .sweep import RECIPE_OPTIONS
+
+    spelling = {f"--{name}", f"--{name.replace('_', '-')}"}
+    return next((p for p in prune.params if p.name in RECIPE_OPTIONS and (p.name == name or spelling & set(p.opts))),
+                None)
+
+
+def _study_options(args: list[str], option_pairs: tuple[str, ...]) -> tuple[dict[str, list[Any]], dict[str, str]]:
+    """Extra `--name value` pairs (MLflow's undeclared `-P name=value`) and `--option name=value`: prune's recipe
+    options, each value checked by prune's own option type (a comma list: several values), and method options as
+    given (the study splits and checks them per method)."""
+    from .sweep import UNSPLIT_OPTIONS, split_values
+
+    raw = _parse_extra_options(args)
+    methods_only = {}
+    for pair in option_pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise ValueError(f"--option {pair!r} must look like name=value")
+        methods_only[key] = value
+    recipe, options = {}, dict(methods_only)
+    for name, value in raw.items():
+        param = _recipe_param(name)
+        if param is None:
+            options[name] = value
+            continue
+        values = [value] if param.name in UNSPLIT_OPTIONS else split_values(value)
+        recipe[param.name] = [param.type.convert(v, param, None) for v in values]
+    return recipe, options
+
+
+def executor_options(fn: Callable) -> Callable:
+    from .sweep import EXECUTORS
+
+    options = [
+        option("executor", type=click.Choice(EXECUTORS), default="local",
+               help="local: trials one after another here; ray: Ray tasks"),
+        option("ray_address", default="", help="executor=ray: auto (the running cluster) or ray://host:port; "
+                                                "empty: a local ray.init(num_cpus=ray_num_cpus)"),
+        option("ray_num_cpus", type=click.IntRange(min=0), default=0, help="CPUs of a local Ray (0: every core)"),
+        option("cpus_per_trial", type=click.IntRange(min=1), default=1,
+               help="CPUs reserved for each trial and its torch threads"),
+        click.option("--option", "option_pairs", multiple=True, help="method option name=value (repeatable)"),
+    ]
+    for one in reversed(options):
+        fn = one(fn)
+    return fn
+
+
+def _prune_base(model_uri: str, kw: dict[str, Any]):
+    from .sweep import PruneBase
+
+    data, run, _ = _configs(kw)
+    return PruneBase(model_uri, data, precisions=run.precisions, device=run.device,
+                     experiment_name=run.experiment_name), run
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@model_uri_option
+@click.option("--methods", default="lamp,global_l1", show_default=True, help="comma-separated pruning methods")
+@click.option("--ratios", default="0.5,0.75", show_default=True, help="comma-separated pruning ratios")
+@option("target_bytes", default="", help="comma-separated footprint targets (e.g. 100KB,200KB) instead of ratios: "
+                                         "each trial searches the ratio reaching one")
+@option("seeds", default="0", help="comma-separated pruning / fine-tuning seeds (the split stays the base run's)")
+@executor_options
+@data_options(inherit=True)
+@click.pass_context
+@handle_errors
+def sweep(ctx: click.Context, model_uri: str, methods: str, ratios: str, target_bytes: str, seeds: str, executor: str,
+          ray_address: str, ray_num_cpus: int, cpus_per_trial: int, option_pairs: tuple[str, ...], **kw) -> None:
+    """Prune one base model with methods x ratios (or target_bytes) x seeds x recipe options (extra `--name a,b`:
+    prune's recipe options and method options), each trial a prune run nested under a stage=sweep run; finished
+    trials are reused, a failed one is retried once; ends with compare over the trials."""
+    from .sweep import SweepConfig, parse_ratios, parse_seed_list, parse_target_bytes, run_sweep
+
+    recipe_axes, option_axes = _study_options(list(ctx.args), option_pairs)
+    base, run = _prune_base(model_uri, kw)
+    config = SweepConfig(base, _split_list(methods), parse_ratios(ratios), parse_target_bytes(target_bytes),
+                         parse_seed_list(seeds), recipe_axes, option_axes, executor, ray_address or None,
+                         ray_num_cpus or None, cpus_per_trial, run.run_name, log=click.echo)
+    result = run_sweep(config)
+    reused = sum(t.reused for t in result.trials)
+    click.echo(f"sweep run {result.run_id} finished: {len(result.finished)} trials ({reused} reused)")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@model_uri_option
+@option("budget", required=True, help="footprint budget: 100KB, 1.5MB, 120000 (bytes) or 1/8 of the base's fp32 bytes")
+@option("trials", type=click.IntRange(min=1), default=20, help="Optuna trials (prune runs)")
+@click.option("--methods", default="lamp,global_l1,li_filters", show_default=True,
+              help="comma-separated pruning methods to choose from")
+@option("footprint", default="footprint_best_bytes", help="footprint metric family the budget applies to")
+@option("sampler_seed", type=click.IntRange(min=0), default=0, help="seed of the TPE sampler and of every trial")
+@option("registered_name", default="", help="registry name of the champion (default prune-tracker-<dataset>-<arch>)")
+@executor_options
+@data_options(inherit=True)
+@click.pass_context
+@handle_errors
+def search(ctx: click.Context, model_uri: str, budget: str, trials: int, methods: str, footprint: str,
+           sampler_seed: int, registered_name: str, executor: str, ray_address: str, ray_num_cpus: int,
+           cpus_per_trial: int, option_pairs: tuple[str, ...], **kw) -> None:
+    """Optuna search for the most accurate model (validation) within a footprint budget: chooses the method, the
+    precision fitted to the budget (hence the ratio) and the recipe options (extra `--name a,b` are choices);
+    registers the winner as champion. Each trial is a prune run nested under a stage=search run."""
+    from .search import SearchConfig, run_search
+
+    recipe_space, option_space = _study_options(list(ctx.args), option_pairs)
+    base, run = _prune_base(model_uri, kw)
+    result = run_search(SearchConfig(base, budget, trials, _split_list(methods), recipe_space, option_space,
+                                     footprint, sampler_seed, executor, ray_address or None, ray_num_cpus or None,
+                                     cpus_per_trial, registered_name or None, run.run_name, log=click.echo))
+    test = "-" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
+    click.echo(f"champion: {result.champion_uri} (version {result.champion_version}; run {result.champion_run_id}, "
+               f"{result.method}, {result.champion_precision}, {result.champion_bytes:.0f} B; val_accuracy "
+               f"{result.val_accuracy:.4f}, test_accuracy {test} reported, not used to select)")
+    click.echo(f"search run {result.run_id} finished")
+
+
+# ---------------------------------------------------------------- team server (prune_tracker/tracking/server.py)
+
+NEW_USER_PASSWORD_ENV = "PRUNE_TRACKER_NEW_USER_PASSWORD"
+
+
+@cli.command()
+@click.option("--root", type=click.Path(file_okay=False, path_type=str), default="",
+              help="server root: cluster, auth config, artifacts, logs (default ~/.prune-tracker/server; "
+                   "/var/lib/prune-tracker/server as root; or $PRUNE_TRACKER_SERVER_ROOT)")
+@click.option("--host", default="127.0.0.1", show_default=True, help="interface to bind (0.0.0.0: all)")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--pg-port", "--pg_port", "pg_port", type=click.IntRange(1, 65535), default=54329,
+              show_default=True, help="port of the server's PostgreSQL cluster (127.0.0.1 only)")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--auth", is_flag=True, default=False, help="MLflow's basic-auth app; needs MLFLOW_AUTH_ADMIN_PASSWORD "
+              "(>= 12 characters) and MLFLOW_FLASK_SERVER_SECRET_KEY in the environment")
+@click.option("--artifacts-destination", "--artifacts_destination", "artifacts_destination", default="",
+              help="where proxied artifacts go: a directory (default <root>/artifacts) or s3://bucket/prefix")
+@click.option("--allowed-hosts", "--allowed_hosts", "allowed_hosts", default="",
+              help="Host headers to accept when serving beyond localhost (mlflow server --allowed-hosts)")
+@click.option("--default-permission", "--default_permission", "default_permission", default="READ",
+              type=click.Choice(["READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS"], case_sensitive=False),
+              show_default=True, help="with --auth: what users may do on experiments they were not granted")
+@click.option("--auth-cache-ttl", "--auth_cache_ttl", "auth_cache_ttl", type=click.IntRange(min=0), default=60,
+              show_default=True, help="with --auth: seconds a checked password stays cached per worker (0: check "
+                                      "every request, MLflow's default; each check costs ~0.1 s of CPU)")
+@click.option("--check", "check_uri", default="", metavar="URI",
+              help="only print a running server's health, version, backend kind and whether auth is on")
+@handle_errors
+def server(root: str, check_uri: str, **kw: Any) -> None:
+    """MLflow tracking server on PostgreSQL with proxied artifacts (and basic-auth with --auth); runs until
+    Ctrl-C or SIGTERM, then stops the server and the PostgreSQL cluster it started."""
+    from .tracking import server as team
+
+    if check_uri:
+        check = team.check_server(check_uri, os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                                  os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+        click.echo("\n".join(check.lines()))
+        sys.exit(0 if check.ok else 1)
+    kw["default_permission"] = kw["default_permission"].upper()
+    if kw["artifacts_destination"] and "://" not in kw["artifacts_destination"]:
+        kw["artifacts_destination"] = str(Path(kw["artifacts_destination"]).expanduser().resolve())
+    config = team.ServerConfig(root=Path(root).expanduser().resolve() if root else team.default_root(), **kw)
+    if not config.auth and config.host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {config.host} without --auth: anyone reaching port {config.port} can "
+                   "read and write every experiment", err=True)
+    sys.exit(team.serve(config, announce=lambda text: print(text + "  (Ctrl-C stops it)", flush=True)))
+
+
+@cli.group(cls=OneLineErrors)
+def users() -> None:
+    """Users of a team server started with --auth (acting as the admin in MLFLOW_TRACKING_USERNAME/PASSWORD)."""
+
+
+def _uri_option(fn: Callable) -> Callable:
+    return click.option("--uri", default=lambda: os.environ.get("MLFLOW_TRACKING_URI", ""),
+                        help="the team server (default: $MLFLOW_TRACKING_URI)")(fn)
+
+
+@users.command(name="add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="make the new user an admin")
+@_uri_option
+@handle_errors
+def users_add(name: str, admin: bool, uri: str) -> None:
+    """Create user NAME; the password comes from $PRUNE_TRACKER_NEW_USER_PASSWORD or a prompt (>= 12 characters)."""
+    from .tracking import server as team
+
+    uri = team.check_admin_env(uri)
+    password = os.environ.get(NEW_USER_PASSWORD_ENV) or click.prompt(
+        f"password for {name}", hide_input=True, confirmation_prompt=True)
+    team.add_user(uri, name, password, admin=admin)
+    click.echo(f"user {name} created on {uri}{' (admin)' if admin else ''}")
+
+
+@users.command(name="grant")
+@click.argument("name")
+@click.argument("experiment")
+@click.argument("permission", type=click.Choice(["READ", "USE", "EDIT", "MANAGE", "NO_PERMISSIONS", "DENY"],
+                                                case_sensitive=False))
+@_uri_option
+@handle_errors
+def users_grant(name: str, experiment: str, permission: str, uri: str) -> None:
+    """Give user NAME PERMISSION on EXPERIMENT (name or id): READ, USE, EDIT (log runs), MANAGE (also grant),
+    NO_PERMISSIONS or DENY."""
+    from .tracking import server as team
+
+    uri = team.check_admin_env(uri)
+    experiment_id = team.grant(uri, name, experiment, permission.upper())
+    click.echo(f"{name}: {permission.upper()} on experiment {experiment!r} (id {experiment_id})")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from matplotlib.ticker import FuncFormatter
 from prune_tracker import tracking
 from prune_tracker.footprint import human_bytes
 from prune_tracker.frontier import (
+    BASELINE_TAG,
+    DENSE_SMALL,
     TEST_METRIC,
     Answers,
     RunPoint,
@@ -45,6 +47,7 @@ from prune_tracker.frontier import (
     precision_rank,
     resolve_footprint,
 )
+from prune_tracker.seeds import aggregate_points, fmt_mean_std, validate_aggregate
 from prune_tracker.tracking import artifacts
 from prune_tracker.tracking.queries import DEFAULT_METRIC, RunQuery, found_precisions, query_runs
 from prune_tracker.tracking.registry import RegistrationResult, register_front
@@ -68,6 +71,7 @@ class CompareOptions(TypedDict, total=False):
     precisions: str | Sequence[str] | None
     budget: str | float | None
     min_accuracy: float | None
+    aggregate: str | None
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Selection:
     missing: list[tuple[str, str]]
     budget_bytes: float | None
     min_accuracy: float | None
+    aggregate: str = "none"
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -85,9 +90,12 @@ class Selection:
 
 
 def select(experiment_names: Sequence[str], options: CompareOptions) -> Selection:
-    """Parse the budget and the precisions (bad ones fail before any query), then read the candidate runs.
-    The query holds the footprint with its shortcut expanded and the precisions as a tuple (or None)."""
+    """Parse the budget, the precisions and ``aggregate`` (bad ones fail before any query), then read the
+    candidate runs; ``aggregate="seed"`` makes runs that differ only by seed one point (means, standard deviations,
+    n: :mod:`prune_tracker.seeds`). The query holds the footprint with its shortcut expanded and the precisions as
+    a tuple (or None)."""
     scope: dict[str, Any] = dict(options)
+    aggregate = validate_aggregate(scope.pop("aggregate", None))
     budget_bytes = parse_budget(scope.pop("budget", None))
     min_accuracy = scope.pop("min_accuracy", None)
     scope["precisions"] = parse_precisions(scope.get("precisions"))
@@ -95,7 +103,9 @@ def select(experiment_names: Sequence[str], options: CompareOptions) -> Selectio
         scope["footprint"] = resolve_footprint(scope["footprint"])
     query = RunQuery(list(experiment_names), **scope)
     points, missing = query_runs(query)
-    return Selection(query, points, missing, budget_bytes, min_accuracy)
+    if aggregate == "seed":
+        points = aggregate_points(points)
+    return Selection(query, points, missing, budget_bytes, min_accuracy, aggregate)
 
 
 @dataclass
@@ -110,6 +120,7 @@ class CompareResult:
     run_id: str | None = None
     registration: RegistrationResult | None = None
     precisions: tuple[str, ...] = ()
+    aggregate: str = "none"
 
     @property
     def best_under_budget(self) -> RunPoint | None:
@@ -147,20 +158,34 @@ def point_metric_names(p: RunPoint, metric: str, footprint_name: str) -> tuple[s
     return accuracy_metric(metric, p.precision, p.metrics), x
 
 
+def point_method(p: RunPoint) -> str:
+    """The method column: the pruning method (with ``w<width>`` for a model trained at a width multiplier), or
+    ``dense-small <arch> w<width>`` for a dense-small baseline."""
+    width = f" w{p.tags['width']}" if p.tags.get("width") else ""
+    return f"{DENSE_SMALL} {p.arch}{width}" if p.is_baseline else f"{p.method}{width}"
+
+
 def table_rows(
     points: Sequence[RunPoint],
     footprint_name: str,
     front: Sequence[RunPoint] | None = None,
     metric: str = DEFAULT_METRIC,
+    aggregate: bool = False,
 ) -> list[dict[str, Any]]:
     """One dict per point (CSV / JSON rows); ``front`` is True for points on the Pareto front; ``accuracy`` is
     the ranking ``metric`` at the row's ``precision``, with a ``test_accuracy`` column beside it unless that is
-    the metric; ``accuracy_metric`` / ``footprint_metric`` name the metrics the row's values come from."""
+    the metric; ``accuracy_metric`` / ``footprint_metric`` name the metrics the row's values come from;
+    ``baseline`` is ``dense-small`` for a dense-small baseline (else empty). With ``aggregate`` (points averaged
+    over seeds) the accuracies are means, ``<metric>_std`` / ``test_accuracy_std`` their sample standard deviations
+    (empty for n=1) and ``n`` the number of seeds (runs)."""
     on_front = front_ids(points, front)
     rows = []
     for p in sorted(points, key=front_key):
         comp = p.compression
         test = {} if metric == TEST_METRIC else {TEST_METRIC: p.test_accuracy}
+        if aggregate:
+            test = {f"{metric}_std": p.accuracy_std, **test,
+                    **({} if metric == TEST_METRIC else {f"{TEST_METRIC}_std": p.test_accuracy_std}), "n": p.n}
         accuracy_name, footprint_metric = point_metric_names(p, metric, footprint_name)
         rows.append(
             {
@@ -176,9 +201,12 @@ def table_rows(
                 "compression": round(comp, 4) if comp is not None else None,
                 "dataset": p.dataset,
                 "arch": p.arch,
+                "baseline": p.tags.get(BASELINE_TAG, ""),
+                "budget_epochs": p.budget_epochs,
                 "experiment": p.experiment,
                 "run_id": p.run_id,
                 "parent_run_id": p.parent_run_id,
+                **({"members": " ".join(p.members or (p.run_id,))} if aggregate else {}),
                 "accuracy_metric": accuracy_name,
                 "footprint_metric": footprint_metric,
             }
@@ -208,19 +236,26 @@ def format_table(
     footprint_name: str,
     front: Sequence[RunPoint] | None = None,
     metric: str = DEFAULT_METRIC,
+    aggregate: bool = False,
 ) -> str:
     """Fixed-width text table (``*`` marks the Pareto front), sorted by footprint; the accuracy column is
     named after ``metric``, followed by ``test_accuracy`` unless that is the metric; each row's values are those
-    of its ``precision`` (the footprint column: the precision's counterpart of ``footprint_name``)."""
+    of its ``precision`` (the footprint column: the precision's counterpart of ``footprint_name``). A dense-small
+    baseline's method reads ``dense-small <arch> w<width>``. With ``aggregate`` the accuracies read
+    ``mean ± std (n=k)`` over seeds and the run id is the member closest to the mean."""
     with_test = metric != TEST_METRIC
     header = ("", "method", "ratio", "precision", metric, *([TEST_METRIC] if with_test else []), footprint_name,
               "compression", "run id")
     lines = [header]
     on_front = front_ids(points, front)
     for p in sorted(points, key=front_key):
-        test = [fmt_accuracy(p.test_accuracy)] if with_test else []
-        lines.append(("*" if p.key in on_front else "", p.method, fmt_ratio(p.ratio), p.precision,
-                      fmt_accuracy(p.accuracy), *test, footprint_text(p.footprint, footprint_name),
+        if aggregate:
+            accuracy = fmt_mean_std(p.accuracy, p.accuracy_std, p.n)
+            test = [fmt_mean_std(p.test_accuracy, p.test_accuracy_std, p.n)] if with_test else []
+        else:
+            accuracy, test = fmt_accuracy(p.accuracy), [fmt_accuracy(p.test_accuracy)] if with_test else []
+        lines.append(("*" if p.key in on_front else "", point_method(p), fmt_ratio(p.ratio), p.precision,
+                      accuracy, *test, footprint_text(p.footprint, footprint_name),
                       fmt_compression(p), p.run_id))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
@@ -229,6 +264,7 @@ def format_table(
 
 
 PRECISION_MARKERS = {"fp16": "o", "int8": "s", "int4": "^", "w8a8": "D"}
+DENSE_SMALL_LABEL = "dense-small baseline"
 
 
 def precision_marker(precision: str) -> str:
@@ -245,16 +281,19 @@ def compare_figure(
     """Accuracy vs footprint (log x), one colour per method, front as a step line, unpruned runs in gold.
 
     Points of several precisions (or of any but fp16) take one marker per precision (:data:`PRECISION_MARKERS`)
-    with a legend entry each; fp16 unpruned runs are stars, quantised ones their precision's marker in gold."""
+    with a legend entry each; fp16 unpruned runs are stars, quantised ones their precision's marker in gold.
+    Dense-small baselines are their precision's marker, white with a red edge; points averaged over seeds carry
+    error bars (± one standard deviation of the accuracy)."""
     fig = Figure(figsize=(8, 5), dpi=100)
     ax = fig.add_subplot()
-    methods = sorted({p.method for p in points})
+    methods = sorted({p.method for p in points if not p.is_baseline})
     colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     precisions = sorted({p.precision for p in points}, key=precision_rank)
     labelled: set[str] = set()
     for m in methods:
         for precision in precisions:
-            pts = [p for p in points if p.method == m and p.precision == precision and not p.is_unpruned]
+            pts = [p for p in points if p.method == m and p.precision == precision and not p.is_unpruned
+                   and not p.is_baseline]
             if pts:
                 ax.scatter(
                     [p.footprint for p in pts],
@@ -279,6 +318,8 @@ def compare_figure(
                 zorder=4,
                 label="unpruned (train)" if precision == "fp16" else None,
             )
+    _draw_baselines(ax, points, precisions)
+    _draw_error_bars(ax, points, colours)
     if any(p.is_unpruned for p in points) and not any(p.is_unpruned and p.precision == "fp16" for p in points):
         ax.scatter([], [], marker="o", s=70, facecolor="gold", edgecolor="black", label="unpruned (train)")
     if precisions != ["fp16"]:
@@ -310,6 +351,27 @@ def compare_figure(
 
 
 
+def _draw_baselines(ax, points: Sequence[RunPoint], precisions: Sequence[str]) -> None:
+    """Dense-small baselines: each precision's marker, white with a red edge, one legend entry."""
+    labelled = False
+    for precision in precisions:
+        pts = [p for p in points if p.is_baseline and p.precision == precision]
+        if pts:
+            ax.scatter([p.footprint for p in pts], [p.accuracy for p in pts], s=60, marker=precision_marker(precision),
+                       facecolor="white", edgecolor="crimson", linewidths=1.6, zorder=4,
+                       label=None if labelled else DENSE_SMALL_LABEL)
+            labelled = True
+
+
+def _draw_error_bars(ax, points: Sequence[RunPoint], colours: dict[str, str]) -> None:
+    """± one standard deviation of the accuracy of the points averaged over seeds (n >= 2)."""
+    for p in points:
+        if p.accuracy_std is not None:
+            colour = "crimson" if p.is_baseline else "goldenrod" if p.is_unpruned else colours.get(p.method, "grey")
+            ax.errorbar([p.footprint], [p.accuracy], yerr=[p.accuracy_std], fmt="none", ecolor=colour, elinewidth=1,
+                        capsize=3, alpha=0.8, zorder=2)
+
+
 # ------------------------------------------------------------------------------------------ run it
 
 
@@ -317,9 +379,11 @@ def _log_compare_run(result: CompareResult, query: RunQuery, experiment_name: st
                      register: Callable[[], None] | None = None) -> str:
     """Log the compare run; `register` runs inside it, so a failed registration ends the run FAILED."""
     with artifacts.stage_run("compare", experiment_name, {"method": "compare"}) as run:
-        params = _run_params(query, result.answers) | {"precisions": ",".join(result.precisions)}
+        params = _run_params(query, result.answers) | {"precisions": ",".join(result.precisions),
+                                                        "aggregate": result.aggregate}
         tracking.log_params({k: v for k, v in params.items() if v is not None})
-        rows = table_rows(result.candidates, result.footprint, result.front, result.metric)
+        rows = table_rows(result.candidates, result.footprint, result.front, result.metric,
+                          aggregate=result.aggregate == "seed")
         artifacts.log_text(rows_to_csv(rows), "compare/table.csv")
         artifacts.log_text(rows_to_json(rows), "compare/table.json")
         artifacts.log_text(result.table, "compare/table.txt")
@@ -328,6 +392,7 @@ def _log_compare_run(result: CompareResult, query: RunQuery, experiment_name: st
             "front": [p.run_id for p in result.front],
             "front_points": [{"run_id": p.run_id, "precision": p.precision} for p in result.front],
             "precisions": list(result.precisions),
+            "aggregate": result.aggregate,
             **result.answers.to_dict(),
         }
         artifacts.log_dict(summary, "compare/summary.json")
@@ -385,7 +450,9 @@ def run_compare(
     budget winner, else floor winner, else the most accurate front point).
 
     ``precisions`` (in ``options``): "fp16,int8", a sequence, or None for every precision found; an unknown one
-    is a ValueError before any query."""
+    is a ValueError before any query. ``aggregate`` (in ``options``): ``none`` (default) or ``seed``: runs that
+    differ only by seed are one point (mean, std, n); the front, the answers and the registration use the means
+    (registering each front point's member closest to its mean)."""
     chosen = select(experiment_names, options)
     check_one_dataset(chosen.points)
     query, front = chosen.query, pareto_front(chosen.points)
@@ -396,8 +463,9 @@ def run_compare(
         answers=answer(chosen.points, chosen.budget_bytes, chosen.min_accuracy),
         metric=query.metric,
         footprint=query.footprint,
-        table=format_table(chosen.points, query.footprint, front, query.metric),
+        table=format_table(chosen.points, query.footprint, front, query.metric, aggregate=chosen.aggregate == "seed"),
         precisions=chosen.precisions,
+        aggregate=chosen.aggregate,
     )
 
     def register_winners() -> None:

@@ -28,6 +28,9 @@ from typing import Any
 from prune_tracker.footprint.units import parse_bytes
 
 TEST_METRIC = "test_accuracy"
+BASELINE_TAG = "baseline"  # tag of a baseline run; DENSE_SMALL: a smaller dense model at the pruned models' budget
+DENSE_SMALL = "dense-small"
+BASELINE_BASE_TAG = "baseline_base_run_id"  # the base model a baseline stands in for (its compression reference)
 FP16 = "fp16"
 PRECISIONS = (FP16, "int8", "int4", "w8a8")  # w8a8: int8 weights and int8 activations
 FOOTPRINT_SHORTCUTS = {"best": "footprint_best_bytes", "total": "total_fp16_best_bytes"}
@@ -110,6 +113,18 @@ class RunPoint:
     tags: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     metrics: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     precision: str = FP16
+    # Seeds (prune_tracker.seeds): `group` is the run's identity minus its seed; an aggregated point has the means
+    # as accuracy / footprint / metrics, `n` members, the sample standard deviations (None for n=1) and the members'
+    # run ids (its run_id: the member closest to the mean accuracy).
+    group: str | None = field(default=None, compare=False, repr=False)
+    n: int = 1
+    accuracy_std: float | None = None
+    metric_std: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+    members: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    # Training epochs spent along the lineage (base epochs + every prune / fine-tune retraining); the identity of
+    # the unpruned root (a dense-small baseline's root is the base it stands in for): `root_group`.
+    budget_epochs: float | None = None
+    root_group: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -125,7 +140,18 @@ class RunPoint:
 
     @property
     def is_unpruned(self) -> bool:
-        return self.stage == "train"
+        """A dense model trained from scratch, not a dense-small baseline (those: :attr:`is_baseline`)."""
+        return self.stage == "train" and not self.is_baseline
+
+    @property
+    def is_baseline(self) -> bool:
+        """A dense-small baseline: a smaller dense model trained with the pruned models' budget (tag `baseline`)."""
+        return self.tags.get(BASELINE_TAG) == DENSE_SMALL
+
+    @property
+    def test_accuracy_std(self) -> float | None:
+        """The standard deviation of the test accuracy over an aggregated point's seeds (None for n=1)."""
+        return self.metric_std.get(accuracy_metric(TEST_METRIC, self.precision, self.metrics))
 
     @property
     def test_accuracy(self) -> float | None:
@@ -261,5 +287,15 @@ def point_summary(p: RunPoint | None) -> dict[str, Any] | None:
     if p is None:
         return None
     summary = asdict(p)
-    del summary["tags"], summary["metrics"]
-    return summary | {"compression": p.compression, TEST_METRIC: p.test_accuracy}
+    for name in ("tags", "metrics", "metric_std", "group", "root_group", "n", "accuracy_std", "members",
+                 "budget_epochs"):
+        del summary[name]
+    extra: dict[str, Any] = {}
+    if p.members:  # averaged over seeds
+        extra |= {"n": p.n, "accuracy_std": p.accuracy_std, f"{TEST_METRIC}_std": p.test_accuracy_std,
+                  "members": list(p.members)}
+    if p.budget_epochs is not None:
+        extra["budget_epochs"] = p.budget_epochs
+    if p.is_baseline:
+        extra[BASELINE_TAG] = DENSE_SMALL
+    return summary | {"compression": p.compression, TEST_METRIC: p.test_accuracy} | extra

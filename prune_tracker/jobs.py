@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from . import tracking
+from .any_cnn import check_model_on_data, copy_loaded, image_shape, resolve_input_shape, unpruned_reference
 from .data import AUTO, BatchLoader, DataSplits, load_splits
 from .evaluation import classification_metrics, confusion_figure, latency_ms, sparsity_figure
 from .footprint import footprint_figure, measure_footprint, micronet_score
-from .models import architecture_spec, build_from_spec, build_model
+from .models import architecture_spec, build_model
+from .models.foreign import is_foreign_arch, parse_input_shape
 from .pruning import (
     PruneContext,
     get_method,
@@ -35,6 +37,7 @@ from .quant import (
     QUANT_FILE_NAME,
     artifact_dir_name,
     byte_metrics,
+    int8_activation_bytes,
     measure_precisions,
     model_bytes,
     qat_finetune,
@@ -57,6 +60,7 @@ from .training import (
 )
 
 SPLIT_FIELDS = ("dataset", "train_subset", "val_size", "seed")
+DEFAULT_INPUT = (3, 32, 32)  # one CIFAR image: what a model is measured with unless it declares another shape
 SPLIT_DEFAULTS = {"dataset": "cifar10", "train_subset": 0, "val_size": AUTO, "seed": 0}
 
 
@@ -155,12 +159,13 @@ class RunOptions:
     extra_tags: dict[str, str] = field(default_factory=dict)
     nested: bool = False  # a step of the `main` pipeline
     precisions: tuple[str, ...] = PRECISIONS  # deployment precisions measured on every model a run logs
+    resume_run_id: str | None = None  # continue this run (a sweep's trial run, created SCHEDULED beforehand)
 
     def start(self, stage: str, tags: dict[str, Any], default_name: str, resume_run_id: str | None = None):
         """A tracked run named `run_name` if one was given, else `default_name` (what the run is)."""
         return tracking.tracked_run(stage, self.experiment_name, self.run_name or default_name,
                                     _lineage_tags({**tags, **self.extra_tags}), nested=self.nested,
-                                    resume_run_id=resume_run_id)
+                                    resume_run_id=resume_run_id or self.resume_run_id)
 
 
 def _lineage_tags(stage_tags: dict[str, Any]) -> dict[str, str]:
@@ -178,11 +183,13 @@ def _evaluate_splits(
     return metrics
 
 
-def log_footprint(model: nn.Module, parent_model: nn.Module | None = None) -> dict[str, float]:
-    """Measure and log the footprint metrics, `footprint.json` and the stacked bar chart."""
-    parent = measure_footprint(parent_model).metrics if parent_model is not None else None
+def log_footprint(model: nn.Module, parent_model: nn.Module | None = None,
+                  input_shape: tuple[int, ...] = DEFAULT_INPUT) -> dict[str, float]:
+    """Measure and log the footprint metrics, `footprint.json` and the stacked bar chart (activations and FLOPs
+    at `input_shape`, one image)."""
+    parent = measure_footprint(parent_model, input_shape).metrics if parent_model is not None else None
     with tempfile.TemporaryDirectory() as tmp:
-        fp = measure_footprint(model, parent=parent, write_files_to=Path(tmp))
+        fp = measure_footprint(model, input_shape, parent=parent, write_files_to=Path(tmp))
     tracking.log_metrics(fp.metrics)
     tracking.log_dict(fp.breakdown, "footprint.json")
     tracking.log_figure(footprint_figure(fp), "footprint.png")
@@ -190,7 +197,8 @@ def log_footprint(model: nn.Module, parent_model: nn.Module | None = None) -> di
 
 
 def log_precisions(model: nn.Module, splits: DataSplits, device: torch.device, tta: bool,
-                   precisions: tuple[str, ...], footprint: dict[str, float]) -> dict[str, float]:
+                   precisions: tuple[str, ...], footprint: dict[str, float],
+                   input_shape: tuple[int, ...] = DEFAULT_INPUT) -> dict[str, float]:
     """Accuracy and bytes at each deployment precision (weights fake-quantised after BatchNorm folding), and
     w8a8 with activation scales calibrated on validation images (training images when there is no validation
     split; never test), logged as `<metric>_<precision>`, `micronet_score_<precision>`."""
@@ -210,9 +218,9 @@ def log_precisions(model: nn.Module, splits: DataSplits, device: torch.device, t
     if "fp16" in precisions:  # the fp16 point keeps footprint's meaning of the best fp16 format (BN unfolded)
         metrics["footprint_best_fp16_bytes"] = footprint["footprint_best_bytes"]
     for precision in precisions:
-        metrics[f"micronet_score_{precision}"] = micronet_score(model, BITS[precision], mult_bits=16)
+        metrics[f"micronet_score_{precision}"] = micronet_score(model, BITS[precision], input_shape, mult_bits=16)
     if "int8" in precisions:
-        metrics["micronet_score_w8a8"] = micronet_score(model, 8, mult_bits=8)
+        metrics["micronet_score_w8a8"] = micronet_score(model, 8, input_shape, mult_bits=8)
     tracking.log_metrics(metrics)
     return metrics
 
@@ -224,11 +232,14 @@ def _finish_model(
     final_metrics: dict[str, float],
     extra_spec: dict[str, Any] | None = None,
     precisions: tuple[str, ...] = (),
+    input_shape: tuple[int, ...] = DEFAULT_INPUT,
+    code_paths: list[str] | None = None,
 ) -> str:
-    """Log the model (and its deployable int8 / int4 variants) with the run's final metrics attached."""
-    model_id = tracking.log_model(model, arch, num_classes, extra_spec)
+    """Log the model (and its deployable int8 / int4 variants) with the run's final metrics attached. A foreign
+    model gets no deployable files: they are rebuilt from a spec, which only its own code could do."""
+    model_id = tracking.log_model(model, arch, num_classes, extra_spec, input_shape, code_paths)
     tracking.log_metrics(final_metrics, model_id=model_id)
-    for precision in [p for p in precisions if p in ("int8", "int4")]:
+    for precision in [p for p in precisions if p in ("int8", "int4") and not is_foreign_arch(arch)]:
         _log_quantised_variant(model, arch, num_classes, extra_spec, precision, final_metrics)
     return model_id
 
@@ -262,7 +273,8 @@ def train(
     device = resolve_device(run.device)
     splits = data.load()
     seed_everything(config.seed)
-    model = build_model(arch, splits.num_classes, zero_init=config.zero_init_residual)
+    model = build_model(arch, splits.num_classes, zero_init=config.zero_init_residual, width=config.width)
+    check_model_on_data(model, splits, f"arch={arch}")  # e.g. a torchvision builder that needs larger images
     checkpoint = tracking.load_checkpoint(resume_run_id) if resume_run_id else None
     if resume_run_id and checkpoint is None:
         raise ValueError(
@@ -271,8 +283,9 @@ def train(
     trainer = Trainer(model, splits, config, device, progress=run.progress)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint)
-    tags = {"method": "none", "dataset": splits.dataset, "arch": arch, "resumed_from_run_id": resume_run_id}
-    name = f"train {arch} {splits.dataset} {config.epochs:g}ep"
+    tags = {"method": "none", "dataset": splits.dataset, "arch": arch, "resumed_from_run_id": resume_run_id,
+            "width": None if config.width == 1 else f"{config.width:g}"}
+    name = f"train {arch}{'' if config.width == 1 else f' w{config.width:g}'} {splits.dataset} {config.epochs:g}ep"
     with run.start("train", tags, name, resume_run_id) as active:
         tracking.log_params(
             {
@@ -316,11 +329,13 @@ def evaluate_model(
     arch: str | None = None,
     tta_flip: bool = True,
     batch_size: int = 500,
+    input_shape: str | tuple[int, ...] | None = None,
 ) -> str:
     """Top-1/top-5/loss/per-class accuracy, confusion matrix and CPU latency, logged to a new run."""
     run = replace(run, precisions=validate_precisions(run.precisions))
     device = resolve_device(run.device)
-    loaded, data, splits = _load_with_data(model_uri, data, arch)
+    loaded, data, splits = _load_with_data(model_uri, data, arch, input_shape)
+    shape = loaded.input_shape
     model = loaded.model.to(device)
     tags = {
         "parent_run_id": loaded.source_run_id,
@@ -336,13 +351,13 @@ def evaluate_model(
         )
         loader = BatchLoader(splits.test, batch_size, splits.mean, splits.std, device=device)
         result = classification_metrics(*predict_logits(model, loader, tta_flip), splits.classes)
-        result.metrics["latency_ms_per_image_batch1"] = latency_ms(model, 1)
-        result.metrics["latency_ms_per_image_batch128"] = latency_ms(model, 128)
+        result.metrics["latency_ms_per_image_batch1"] = latency_ms(model, 1, shape)
+        result.metrics["latency_ms_per_image_batch128"] = latency_ms(model, 128, shape)
         tracking.log_metrics(result.metrics)
         tracking.log_dict(result.summary(), "evaluation.json")
         tracking.log_figure(confusion_figure(result), "confusion_matrix.png")
-        footprint = log_footprint(model)
-        log_precisions(model, splits, device, tta_flip, run.precisions, footprint)
+        footprint = log_footprint(model, input_shape=shape)
+        log_precisions(model, splits, device, tta_flip, run.precisions, footprint, shape)
         return active.info.run_id
 
 
@@ -350,16 +365,21 @@ def _origin(loaded: tracking.LoadedModel) -> str:
     return tracking.short_id(loaded.source_run_id) or Path(loaded.uri).name
 
 
-def _load_with_data(model_uri: str, data: DataOptions, arch: str | None = None
+def _load_with_data(model_uri: str, data: DataOptions, arch: str | None = None,
+                    input_shape: str | tuple[int, ...] | None = None
                     ) -> tuple[tracking.LoadedModel, DataOptions, DataSplits]:
     """The model behind `model_uri`, the data options completed from its parent run, and the data it must be
-    evaluated on (same class count)."""
+    evaluated on (same class count, and a forward pass on its images works); `loaded.input_shape` is resolved
+    (declared, else `input_shape`, else the dataset's)."""
     loaded = tracking.load_model(model_uri, arch)
     parent_params = tracking.lineage_params(loaded.source_run_id, (*SPLIT_FIELDS, "data_dir")) \
         if loaded.source_run_id else {}
     data = inherit_split(data, parent_params)
     splits = data.load(num_classes=loaded.spec["num_classes"])
     _check_classes(loaded.spec, splits)
+    declared = loaded.input_shape or parse_input_shape(input_shape)  # what the model is said to expect, if anything
+    loaded.input_shape = resolve_input_shape(loaded, splits, input_shape)
+    check_model_on_data(loaded.model, splits, model_uri, declared)
     return loaded, data, splits
 
 
@@ -404,9 +424,10 @@ def _param_counts(footprint: dict[str, float]) -> dict[str, float]:
 
 def prune_context(
     splits: DataSplits, config: TrainConfig, device: torch.device, progress: bool, tta: bool,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | None = None, input_shape: tuple[int, ...] | None = None,
 ) -> PruneContext:
-    """What a pruning method may use: training batches for calibration, validation accuracy, fine-tuning."""
+    """What a pruning method may use: training batches for calibration, validation accuracy, fine-tuning; the
+    example input has the model's `input_shape` (default: the dataset's images)."""
     def calibration_batches():
         return BatchLoader(splits.train, 256, splits.mean, splits.std, device=device, channels_last=False)
 
@@ -415,7 +436,7 @@ def prune_context(
         return evaluate(model, images, splits, device, tta_flip=tta)[0]
 
     return PruneContext(
-        example_input=torch.zeros(1, 3, 32, 32, device=device),
+        example_input=torch.zeros(1, *(input_shape or image_shape(splits)), device=device),
         calibration_batches=calibration_batches,
         evaluate=evaluate_val,
         finetune=finetune_fn(splits, config, device, progress, teacher=teacher),
@@ -476,27 +497,34 @@ def _prune_in_rounds(method, model: nn.Module, ratio: float, ctx: PruneContext, 
 def footprint_metric(metrics: dict[str, float], name: str) -> float:
     if name not in metrics:
         raise ValueError(f"target_metric={name!r} is not a footprint metric; choose one of: "
-                         f"{', '.join(sorted(k for k in metrics if k.endswith('_bytes')))}")
+                         f"{', '.join(sorted(k for k in metrics if k.endswith('_bytes')))}, "
+                         "footprint[_bitmask|_csr|_best]_int8|int4_bytes, total_w8a8_bytes")
     return metrics[name]
 
 
-def _target_measure(target_metric: str):
-    """`model -> bytes` for a footprint metric: the footprint's own (fp32 / fp16 formats, activations, totals)
-    or a quantised one (`footprint[_bitmask|_csr|_best]_int8|int4_bytes`, BN folded as deployed)."""
+def _target_measure(target_metric: str, input_shape: tuple[int, ...] = DEFAULT_INPUT):
+    """`model -> bytes` for a footprint metric: the footprint's own (fp32 / fp16 formats, activations, totals),
+    a quantised one (`footprint[_bitmask|_csr|_best]_int8|int4_bytes`, BN folded as deployed), or
+    `total_w8a8_bytes` (int8 weights in their best format + the int8 activation peak)."""
     quantised = re.fullmatch(r"footprint_(?:(?:bitmask|csr|best)_)?(int8|int4)_bytes", target_metric)
     if quantised:
         precision = quantised.group(1)
         return lambda m: byte_metrics(model_bytes(m, precision), precision)[target_metric]
-    return lambda m: footprint_metric(measure_footprint(m).metrics, target_metric)
+    if target_metric == "total_w8a8_bytes":
+        return lambda m: (byte_metrics(model_bytes(m, "int8"), "int8")["footprint_best_int8_bytes"]
+                          + int8_activation_bytes(measure_footprint(m, input_shape).metrics[
+                              "activation_peak_fp32_bytes"]))
+    return lambda m: footprint_metric(measure_footprint(m, input_shape).metrics, target_metric)
 
 
 TARGET_ALIASES = {"footprint_best_fp16_bytes": "footprint_best_bytes"}
 
 
-def _log_target_met(model: nn.Module, target_bytes: int, target_metric: str) -> None:
+def _log_target_met(model: nn.Module, target_bytes: int, target_metric: str,
+                    input_shape: tuple[int, ...] = DEFAULT_INPUT) -> None:
     """Probes prune in one shot without retraining; rounds, fine-tuning or QAT can move which weights quantise to
     zero, so the final model is measured again: `target_met` 1 or 0 (and a line saying by how much)."""
-    measured = _target_measure(target_metric)(model)
+    measured = _target_measure(target_metric, input_shape)(model)
     tracking.log_metrics({"target_met": float(measured <= target_bytes), "target_measured_bytes": measured})
     if measured > target_bytes:
         print(f"[prune] WARNING: the final model's {target_metric} is {measured:.0f} B, over target_bytes="
@@ -506,7 +534,7 @@ def _log_target_met(model: nn.Module, target_bytes: int, target_metric: str) -> 
 def ratio_for_target(model: nn.Module, method, options: dict[str, Any], ctx: PruneContext, target_bytes: int,
                      target_metric: str) -> float:
     """The smallest ratio at which `method` itself brings `target_metric` to at most `target_bytes`."""
-    measure = _target_measure(target_metric)
+    measure = _target_measure(target_metric, tuple(ctx.example_input.shape[1:]))
     measure(model)  # an unknown metric fails at once
     return search_ratio(footprint_probe(model, method, options, ctx, measure), target_bytes, label=method.name)
 
@@ -526,10 +554,13 @@ def prune_model(
     arch: str | None = None,
     qat: str = "none",
     recovery: Recovery | None = None,
+    train_seed: int | None = None,
+    input_shape: str | tuple[int, ...] | None = None,
 ) -> str:
     """Prune a logged model with a registered method (in rounds, with `recovery`), optionally fine-tune (with
     a recovery recipe; with quantisation-aware training when `qat` names a precision), measure every precision
-    and log everything."""
+    and log everything. `train_seed` seeds pruning and fine-tuning (logged as `finetune_seed`; a sweep's seeds)
+    while the data split keeps `data.seed` (default: both are the split's seed)."""
     method = get_method(method_name)
     qat = validate_qat(qat)
     recovery = recovery or Recovery()
@@ -545,15 +576,16 @@ def prune_model(
         raise ValueError(f"rounds={recovery.rounds} with scope={options['scope']} is not supported: prune the "
                          "stages in one shot (rounds=1) or use scope=block")
     target_metric = TARGET_ALIASES.get(target_metric, target_metric)
-    loaded, data, splits = _load_with_data(model_uri, data, arch)
+    loaded, data, splits = _load_with_data(model_uri, data, arch, input_shape)
     _check_trainable(loaded)
-    config = _recipe_config(replace(config, seed=data.seed, epochs=finetune_epochs), recovery, loaded)
+    seed = data.seed if train_seed is None else train_seed
+    config = _recipe_config(replace(config, seed=seed, epochs=finetune_epochs), recovery, loaded)
     arch = loaded.spec["arch"]
     parent = loaded.model
     model = _copy_model(loaded).to(device)
     teacher = _teacher(recovery, loaded, splits, device)
     seed_everything(config.seed)
-    ctx = prune_context(splits, config, device, run.progress, tta_flip, teacher)
+    ctx = prune_context(splits, config, device, run.progress, tta_flip, teacher, loaded.input_shape)
     if target_bytes is not None:
         ratio = ratio_for_target(model, method, options, ctx, target_bytes, target_metric)
     tags = {
@@ -575,7 +607,7 @@ def prune_model(
                 "method": method.name,
                 "ratio": ratio,
                 **data.logged(),
-                **{f"finetune_{k}": v for k, v in asdict(config).items()},
+                **{f"finetune_{k}": v for k, v in asdict(config).items() if k != "width"},  # the parent's
                 "finetune_epochs": finetune_epochs,
                 "target_bytes": target_bytes or "",
                 "target_metric": target_metric,
@@ -601,7 +633,7 @@ def prune_model(
         qat_finetune(ctx.finetune, qat)(pruned, finetune_epochs)
         make_permanent(pruned)
         if target_bytes is not None:
-            _log_target_met(pruned, target_bytes, target_metric)
+            _log_target_met(pruned, target_bytes, target_metric, loaded.input_shape)
         return _log_pruned_outputs(
             pruned,
             parent,
@@ -612,13 +644,12 @@ def prune_model(
             active.info.run_id,
             {"method": method.name, "ratio": ratio, "structured": method.structured},
             run.precisions,
+            loaded,
         )
 
 
 def _copy_model(loaded: tracking.LoadedModel) -> nn.Module:
-    model = build_from_spec(loaded.spec)
-    model.load_state_dict(loaded.model.state_dict())
-    return model
+    return copy_loaded(loaded)
 
 
 def _log_pruned_outputs(
@@ -631,15 +662,18 @@ def _log_pruned_outputs(
     run_id: str,
     pruning_spec: dict[str, Any],
     precisions: tuple[str, ...],
+    loaded: tracking.LoadedModel | None = None,
 ) -> str:
+    shape = loaded.input_shape if loaded and loaded.input_shape else image_shape(splits)
     final = _evaluate_splits(model, splits, device, tta)
     final["sparsity_global"] = global_sparsity(model)
     tracking.log_metrics(final)
     _sparsity_outputs(model)
-    footprint = log_footprint(model, parent_model=parent)
+    footprint = log_footprint(model, parent_model=parent, input_shape=shape)
     final.update(_param_counts(footprint))
-    final.update(log_precisions(model, splits, device, tta, precisions, footprint))
-    _finish_model(model, arch, splits.num_classes, final, {"pruning": pruning_spec}, precisions)
+    final.update(log_precisions(model, splits, device, tta, precisions, footprint, shape))
+    extra = {"pruning": pruning_spec, **({"input_shape": list(shape)} if loaded else {})}
+    _finish_model(model, arch, splits.num_classes, final, extra, precisions, shape, loaded and loaded.code_paths)
     return run_id
 
 
@@ -653,6 +687,7 @@ def finetune_model(
     arch: str | None = None,
     qat: str = "none",
     recovery: Recovery | None = None,
+    input_shape: str | tuple[int, ...] | None = None,
 ) -> str:
     """Continue training a pruned model with its masks (zeros) or architecture kept; `qat` trains with
     fake-quantised weights (straight-through) so that that precision recovers; `recovery` sets the schedule
@@ -664,7 +699,7 @@ def finetune_model(
     run = replace(run, precisions=validate_precisions(run.precisions))
     config.validate()
     device = resolve_device(run.device)
-    loaded, data, splits = _load_with_data(model_uri, data, arch)
+    loaded, data, splits = _load_with_data(model_uri, data, arch, input_shape)
     _check_trainable(loaded)
     config = _recipe_config(replace(config, seed=data.seed, epochs=epochs), recovery, loaded)
     if recovery.distill_alpha and not recovery.teacher_uri:
@@ -696,7 +731,7 @@ def finetune_model(
             {
                 "model_uri": model_uri,
                 **data.logged(),
-                **asdict(trainer.config),
+                **{k: v for k, v in asdict(trainer.config).items() if k != "width"},  # width: the parent's spec
                 "tta_flip": tta_flip,
                 "device": str(device),
                 "masked_layers": masked_layers,
@@ -714,7 +749,7 @@ def finetune_model(
         if "ratio" in inherited:
             tracking.log_metrics({"ratio": float(inherited["ratio"])})
         # Reductions of a fine-tuned model are stated against the unpruned architecture, not the pruned parent.
-        unpruned = build_model(arch, splits.num_classes)
+        unpruned = unpruned_reference(loaded, splits.num_classes)  # foreign: the model it was fine-tuned from
         return _log_pruned_outputs(
             trained,
             unpruned,
@@ -725,4 +760,5 @@ def finetune_model(
             active.info.run_id,
             loaded.spec.get("pruning", {}),
             run.precisions,
+            loaded,
         )

@@ -1,6 +1,8 @@
 """The `main` pipeline: train a base model, prune it with each method at each ratio (fine-tuning inside
-each prune run), evaluate, compare, register and report. Each step is its own MLflow run, nested under
-the pipeline run. Train, evaluate and prune steps that already FINISHED with the same parameters are
+each prune run), optionally train a dense-small baseline at each pruned model's bytes and training budget
+(`baselines`), all of it once per seed (`seeds`), then evaluate, compare (averaged over seeds when there are
+several), register and report. Each step is its own MLflow run, nested under the pipeline run.
+Train, evaluate and prune steps that already FINISHED with the same parameters are
 reused (matched by the tag `pipeline_step_key`, a hash of the step's parameters and of the code's identity:
 the git commit, plus a hash of the package's sources when they have uncommitted changes); compare and report
 always run again, since they read whatever the experiment holds now."""
@@ -16,11 +18,13 @@ from typing import Any
 
 from . import tracking
 from .footprint import parse_bytes
+from .frontier import DENSE_SMALL, resolve_footprint
 from .jobs import DataOptions, Recovery, RunOptions, evaluate_model, prune_model, train
 from .models import build_model
 from .provenance import code_identity
 from .pruning import get_method, validate_ratio
 from .quant import PRECISIONS
+from .seeds import parse_seeds
 from .training import TrainConfig
 
 STEP_KEY_TAG = "pipeline_step_key"
@@ -59,9 +63,19 @@ class PipelineConfig:
     progress: bool = False
     precisions: tuple[str, ...] = PRECISIONS
     recovery: Recovery = field(default_factory=Recovery)
+    # Seeds of the whole study (base, prune steps, baselines once per seed; compare averages over them); empty:
+    # the one seed of `data.seed`, with today's step names.
+    seeds: list[int] = field(default_factory=list)
+    # A dense-small baseline per pruned model: a dense `arch` at the largest width within its bytes (`footprint`,
+    # or footprint_best_bytes for a non-byte footprint), trained for its total budget (base + fine-tuning epochs).
+    baselines: bool = False
+
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) or [self.data.seed or 0]
 
     def validate(self) -> None:
-        build_model(self.arch)
+        build_model(self.arch, width=self.train.width)
+        parse_seeds([str(s) for s in self.seeds])
         for name in self.methods:
             get_method(name)
         for ratio in self.ratios:
@@ -144,8 +158,7 @@ class _Steps:
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     config.validate()
     run_options = RunOptions(config.experiment_name, config.device, config.progress, precisions=config.precisions)
-    finetune_config = replace(config.train, lr=config.finetune_lr, schedule="cosine", ema_decay=0.0,
-                              warmup_fraction=0.0)
+    seeds = config.seed_list()
     with tracking.tracked_run("pipeline", config.experiment_name, "main",
                               {"dataset": config.data.dataset, "arch": config.arch}) as active:
         tracking.log_params({"arch": config.arch, **config.data.logged(), **asdict(config.train),
@@ -153,30 +166,18 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
                              "finetune_epochs": config.finetune_epochs, "finetune_lr": config.finetune_lr,
                              "tta_flip": config.tta_flip, "footprint": config.footprint,
                              "budget": config.budget or "", "register": config.register,
-                             "precisions": ",".join(config.precisions), **config.recovery.logged()})
+                             "precisions": ",".join(config.precisions), **config.recovery.logged(),
+                             "seeds": ",".join(map(str, config.seeds)), "baselines": config.baselines})
         result = PipelineResult(active.info.run_id)
         steps = _Steps(result, active.info.experiment_id, run_options)
-        common = {"arch": config.arch, **config.data.logged(), "precisions": list(config.precisions)}
-        base = steps.run("train", "train", {**common, **asdict(config.train)},
-                         lambda opts: train(config.arch, config.data, config.train, opts))
-        if base is None:
-            raise PipelineError("step 'train' failed: " + result.failed["train"])
-        base_uri = f"runs:/{base}/model"
-        budget = resolve_budget(config.budget, tracking.run_metrics(base).get("footprint_fp32_bytes"))
-        steps.run("evaluate-base", "evaluate", {"model_uri": base_uri, **common, "tta": config.tta_flip},
-                  lambda opts: evaluate_model(base_uri, config.data, opts, tta_flip=config.tta_flip))
-        for method in config.methods:
-            for ratio in config.ratios:
-                params = {"model_uri": base_uri, "method": method, "ratio": ratio, **common,
-                          "finetune_epochs": config.finetune_epochs, **asdict(finetune_config),
-                          **config.recovery.logged(), "tta": config.tta_flip}
-                steps.run(f"prune-{method}-{ratio}", "prune", params,
-                          lambda opts, m=method, r=ratio: prune_model(
-                              base_uri, m, r, config.data, finetune_config, opts, config.finetune_epochs,
-                              tta_flip=config.tta_flip, recovery=config.recovery))
-        _compare_register_report(replace(config, budget=budget), steps, result)
+        budget: str | None = None
+        for seed in seeds:
+            base = _seed_study(_with_seed(config, seed), steps, result, f"-seed{seed}" if len(seeds) > 1 else "")
+            if seed == seeds[0]:
+                budget = resolve_budget(config.budget, tracking.run_metrics(base).get("footprint_fp32_bytes"))
+        _compare_register_report(replace(config, budget=budget), steps, result, "seed" if len(seeds) > 1 else None)
         tracking.log_dict({"steps": result.steps, "reused": result.reused, "failed": result.failed,
-                           "code": code_identity(), "budget_bytes": budget}, "pipeline.json")
+                           "code": code_identity(), "budget_bytes": budget, "seeds": seeds}, "pipeline.json")
         tracking.log_metrics({"steps_run": len(result.steps) - len(result.reused),
                               "steps_reused": len(result.reused), "steps_failed": len(result.failed)})
         if result.failed:
@@ -186,13 +187,91 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         return result
 
 
-def _compare_register_report(config: PipelineConfig, steps: _Steps, result: PipelineResult) -> None:
+def _with_seed(config: PipelineConfig, seed: int) -> PipelineConfig:
+    """The study of one seed: the data split and the training share it (as `train` does)."""
+    return replace(config, data=replace(config.data, seed=seed), train=replace(config.train, seed=seed))
+
+
+def _seed_study(config: PipelineConfig, steps: _Steps, result: PipelineResult, suffix: str) -> str:
+    """One seed's steps: base, its evaluation, the prune steps and (with `baselines`) the dense-small baselines;
+    step names end with `suffix` (e.g. `-seed1`, empty for a single seed). Returns the base run id."""
+    finetune_config = replace(config.train, lr=config.finetune_lr, schedule="cosine", ema_decay=0.0,
+                              warmup_fraction=0.0)
+    common = {"arch": config.arch, **config.data.logged(), "precisions": list(config.precisions)}
+    base = steps.run(f"train{suffix}", "train", {**common, **asdict(config.train)},
+                     lambda opts: train(config.arch, config.data, config.train, opts))
+    if base is None:
+        raise PipelineError(f"step 'train{suffix}' failed: " + result.failed[f"train{suffix}"])
+    base_uri = f"runs:/{base}/model"
+    steps.run(f"evaluate-base{suffix}", "evaluate", {"model_uri": base_uri, **common, "tta": config.tta_flip},
+              lambda opts: evaluate_model(base_uri, config.data, opts, tta_flip=config.tta_flip))
+    pruned: dict[str, str | None] = {}
+    for method in config.methods:
+        for ratio in config.ratios:
+            params = {"model_uri": base_uri, "method": method, "ratio": ratio, **common,
+                      "finetune_epochs": config.finetune_epochs, **asdict(finetune_config),
+                      **config.recovery.logged(), "tta": config.tta_flip}
+            pruned[f"{method}-{ratio}"] = steps.run(
+                f"prune-{method}-{ratio}{suffix}", "prune", params,
+                lambda opts, m=method, r=ratio: prune_model(
+                    base_uri, m, r, config.data, finetune_config, opts, config.finetune_epochs,
+                    tta_flip=config.tta_flip, recovery=config.recovery))
+    if config.baselines:
+        _baseline_steps(config, steps, result, base, pruned, suffix)
+    return base
+
+
+def baseline_target_metric(footprint: str) -> str:
+    """The byte metric dense-small baselines are sized in: compare's `footprint` when it is one, else
+    footprint_best_bytes."""
+    footprint = resolve_footprint(footprint)
+    return footprint if footprint.endswith("_bytes") else "footprint_best_bytes"
+
+
+def _baseline_steps(config: PipelineConfig, steps: _Steps, result: PipelineResult, base: str,
+                    pruned: dict[str, str | None], suffix: str) -> None:
+    """A dense-small baseline per finished prune step, at most its bytes and trained for its total budget (base
+    epochs + fine-tuning epochs + the method's own retraining); prune steps whose baseline comes out the same
+    (arch, width, epochs) share one baseline run."""
+    from .baselines import DenseSmall, dense_small_baseline, size_dense_small
+
+    metric = baseline_target_metric(config.footprint)
+    num_classes = int(float(tracking.run_params(base).get("num_classes", 10)))
+    planned: dict[tuple[str, float, float], DenseSmall] = {}
+    for label, run_id in pruned.items():
+        if run_id is None:
+            continue  # the failed prune step is reported already
+        metrics = tracking.run_metrics(run_id)
+        epochs = config.train.epochs + config.finetune_epochs + metrics.get("method_finetune_epochs", 0.0)
+        try:
+            if metric not in metrics:
+                raise ValueError(f"prune run {run_id} logged no {metric} to size a dense-small baseline by")
+            sized = size_dense_small(metrics[metric], metric, [config.arch], num_classes)
+        except ValueError as err:
+            name = f"baseline-for-{label}{suffix}"
+            result.failed[name] = str(err).splitlines()[0]
+            print(f"[main] {name}: FAILED: {result.failed[name]}", flush=True)
+            continue
+        planned.setdefault((sized.arch, sized.width, epochs), sized)
+    common = {**config.data.logged(), "precisions": list(config.precisions), "baseline": DENSE_SMALL,
+              "base_run_id": base}
+    for (arch, width, epochs), sized in planned.items():
+        recipe = replace(config.train, epochs=epochs, width=width)
+        steps.run(f"baseline-{arch}-w{width:g}-{epochs:g}ep{suffix}", "train", {**common, "arch": arch,
+                                                                                 **asdict(recipe)},
+                  lambda opts, s=sized, e=epochs: dense_small_baseline(
+                      s.target_bytes, e, config.data, config.train, opts, num_classes=num_classes, base_run_id=base,
+                      sized=s)[0])
+
+
+def _compare_register_report(config: PipelineConfig, steps: _Steps, result: PipelineResult,
+                             aggregate: str | None = None) -> None:
     from .compare import run_compare
     from .report import run_report
 
     # The whole experiment for this dataset and architecture: reused steps belong to earlier pipeline runs.
     scope = {"dataset": config.data.dataset, "arch": config.arch, "footprint": config.footprint,
-             "budget": config.budget, "metric": SELECTION_METRIC}
+             "budget": config.budget, "metric": SELECTION_METRIC, **({"aggregate": aggregate} if aggregate else {})}
 
     def compare_step(opts: RunOptions) -> str:
         with opts.start("compare", {"dataset": config.data.dataset, "arch": config.arch}, "compare") as run:

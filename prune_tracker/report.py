@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from prune_tracker import tracking
-from prune_tracker.compare import CompareOptions, compare_figure, fmt_accuracy, select
+from prune_tracker.compare import CompareOptions, compare_figure, fmt_accuracy, point_method, select
 from prune_tracker.footprint import FORMATS, human_bytes
 from prune_tracker.frontier import (
+    DENSE_SMALL,
     TEST_METRIC,
     RunPoint,
     answer,
@@ -40,6 +42,7 @@ from prune_tracker.frontier import (
     precision_rank,
     resolve_footprint,
 )
+from prune_tracker.seeds import fmt_mean_std
 from prune_tracker.tracking import artifacts
 from prune_tracker.tracking.queries import DEFAULT_FOOTPRINT, DEFAULT_METRIC
 
@@ -88,6 +91,7 @@ class ReportResult:
     front: list[RunPoint]
     missing: list[tuple[str, str]]
     precisions: tuple[str, ...] = ()
+    aggregate: str = "none"
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -105,7 +109,18 @@ def figure_to_img(fig: Figure, alt: str) -> str:
 
 
 def _label(p: RunPoint, sep: str = " ") -> str:
+    if p.is_baseline:
+        return point_method(p)
     return "unpruned" if p.is_unpruned else f"{p.method}{sep}r={fmt_ratio(p.ratio)}"
+
+
+def _accuracy_cell(p: RunPoint, aggregate: bool, test: bool = False) -> str:
+    """The (test) accuracy of a row: ``mean ± std (n=k)`` for points averaged over seeds."""
+    if not aggregate:
+        return fmt_accuracy(p.test_accuracy if test else p.accuracy)
+    if test:
+        return fmt_mean_std(p.test_accuracy, p.test_accuracy_std, p.n)
+    return fmt_mean_std(p.accuracy, p.accuracy_std, p.n)
 
 
 def _label_with_precision(p: RunPoint) -> str:
@@ -189,7 +204,10 @@ def _answer(question: str, p: RunPoint | None) -> str:
 def method_summary_section(points: Sequence[RunPoint], front: Sequence[RunPoint]) -> str:
     on_front = {p.key for p in front}
     rows = []
-    for (dataset, arch, method), pts in group_points(points, "dataset", "arch", "method").items():
+    by_method: dict[tuple[str, str, str], list[RunPoint]] = {}
+    for p in points:  # dense-small baselines are a row of their own
+        by_method.setdefault((p.dataset, p.arch, DENSE_SMALL if p.is_baseline else p.method), []).append(p)
+    for (dataset, arch, method), pts in sorted(by_method.items()):
         best = max(pts, key=lambda p: (p.accuracy, -p.footprint))
         small = min(pts, key=lambda p: (p.footprint, -p.accuracy))
         comps = [p.compression for p in pts if p.compression is not None]
@@ -223,10 +241,11 @@ def method_summary_section(points: Sequence[RunPoint], front: Sequence[RunPoint]
 
 
 def runs_table_section(
-    points: Sequence[RunPoint], front: Sequence[RunPoint], footprint_name: str, metric: str = DEFAULT_METRIC
+    points: Sequence[RunPoint], front: Sequence[RunPoint], footprint_name: str, metric: str = DEFAULT_METRIC,
+    aggregate: bool = False,
 ) -> str:
     """Front points first; the ranking ``metric`` column (at the row's precision), then ``test_accuracy`` unless
-    that is the metric."""
+    that is the metric; with ``aggregate``, means ± standard deviations over seeds (n)."""
     on_front = {p.key for p in front}
     ordered = sorted(points, key=lambda p: (p.key not in on_front, p.footprint, -p.accuracy, p.run_id,
                                             precision_rank(p.precision)))
@@ -234,14 +253,14 @@ def runs_table_section(
     tests = [TEST_METRIC] if metric != TEST_METRIC else []
     rows = [
         [
-            _e(p.method),
+            _e(point_method(p)),
             _e(p.stage),
             _e(p.dataset),
             _e(p.arch),
             _e(p.precision),
             _e(fmt_ratio(p.ratio)),
-            fmt_accuracy(p.accuracy),
-            *(fmt_accuracy(p.test_accuracy) for _ in tests),
+            _e(_accuracy_cell(p, aggregate)),
+            *(_e(_accuracy_cell(p, aggregate, test=True)) for _ in tests),
             human_bytes(p.footprint),
             fmt_compression(p),
             f"<code>{_e(p.run_id)}</code>",
@@ -296,9 +315,9 @@ def ratio_figure(points: Sequence[RunPoint], metric: str, title: str) -> Figure:
                     color=f"C{i % 10}",
                     label=f"{m} ({stage})",
                 )
-    for p in (p for p in points if p.stage == "train"):
+    for p in (p for p in points if p.is_unpruned):
         ax.axhline(p.accuracy, color="grey", ls=":", lw=1)
-    if any(p.stage == "train" for p in points):
+    if any(p.is_unpruned for p in points):
         ax.plot([], [], color="grey", ls=":", label="unpruned")
     ax.set_xlabel("pruning ratio")
     ax.set_ylabel(metric)
@@ -329,7 +348,7 @@ def point_sparsity(p: RunPoint) -> float | None:
         return float(m["sparsity_global"])
     if m.get("params_total") and "params_nonzero" in m:
         return 1.0 - float(m["params_nonzero"]) / float(m["params_total"])
-    if p.is_unpruned:
+    if p.is_unpruned or p.is_baseline:
         return 0.0
     return p.ratio
 
@@ -485,6 +504,124 @@ def breakdown_section(front: Sequence[RunPoint], details: dict[str, dict[str, An
     return "\n".join(parts)
 
 
+# --------------------------------------------------------------------------- is pruning worth it?
+
+
+@dataclass(frozen=True)
+class WorthItPair:
+    """A pruned point and the dense-small baseline it is weighed against: the largest baseline at the same
+    precision, from the same base recipe (``root_group``), with at most the pruned model's bytes."""
+
+    pruned: RunPoint
+    baseline: RunPoint | None
+
+    @property
+    def delta(self) -> float | None:
+        """Pruned minus dense-small accuracy (the ranking metric's means)."""
+        return None if self.baseline is None else self.pruned.accuracy - self.baseline.accuracy
+
+    @property
+    def verdict(self) -> str:
+        """Who is ahead; with at least two seeds on both sides, only beyond two standard errors of the difference
+        (``sqrt(s_p^2 / n_p + s_b^2 / n_b)``), else "within noise"."""
+        if self.baseline is None or self.delta is None:
+            return "no dense-small baseline at or under these bytes"
+        p, b = self.pruned, self.baseline
+        ahead = "pruning ahead" if self.delta > 0 else "dense-small ahead" if self.delta < 0 else "tie"
+        if p.accuracy_std is None or b.accuracy_std is None:
+            return f"{ahead} (single seed: no spread)"
+        se = math.sqrt(p.accuracy_std**2 / p.n + b.accuracy_std**2 / b.n)
+        return f"{ahead} (beyond 2 SE)" if abs(self.delta) > 2 * se else f"within noise (2 SE = {2 * se:.4f})"
+
+
+def worth_it_pairs(points: Sequence[RunPoint]) -> list[WorthItPair]:
+    """Every pruned (prune / finetune) point that has dense-small baselines from its base recipe, paired with the
+    largest one at its precision whose bytes are at most its own (None when all are larger)."""
+    baselines = [b for b in points if b.is_baseline and b.root_group]
+    groups = {b.root_group for b in baselines}
+    pairs = []
+    for p in sorted(points, key=lambda q: (q.dataset, precision_rank(q.precision), q.footprint, -q.accuracy)):
+        if p.stage not in ("prune", "finetune") or p.root_group not in groups:
+            continue
+        fits = [b for b in baselines if b.root_group == p.root_group and b.precision == p.precision
+                and b.dataset == p.dataset and b.footprint <= p.footprint]
+        pairs.append(WorthItPair(p, max(fits, key=lambda b: (b.footprint, b.accuracy), default=None)))
+    return pairs
+
+
+def _budget(p: RunPoint | None) -> str:
+    return "-" if p is None or p.budget_epochs is None else f"{p.budget_epochs:g}"
+
+
+def worth_it_figure(pairs: Sequence[WorthItPair], baselines: Sequence[RunPoint], metric: str, title: str) -> Figure:
+    """Accuracy vs bytes: pruned points per method and the dense-small baselines (a red line), error bars ±1 std."""
+    fig = Figure(figsize=(8, 4.4))
+    ax = fig.add_subplot()
+    methods = sorted({pair.pruned.method for pair in pairs})
+    for i, method in enumerate(methods):
+        pts = sorted((pair.pruned for pair in pairs if pair.pruned.method == method), key=lambda q: q.footprint)
+        ax.errorbar([q.footprint for q in pts], [q.accuracy for q in pts],
+                    yerr=[q.accuracy_std or 0.0 for q in pts], fmt="o", ms=5, capsize=3, color=f"C{i % 10}",
+                    label=f"pruned: {method}")
+    dense = sorted(baselines, key=lambda q: q.footprint)
+    if dense:
+        ax.errorbar([q.footprint for q in dense], [q.accuracy for q in dense],
+                    yerr=[q.accuracy_std or 0.0 for q in dense], fmt="s-", ms=6, capsize=3, color="crimson",
+                    mfc="white", label="dense-small (same budget)")
+    if pairs or dense:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: human_bytes(x)))
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("bytes (log scale)")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def worth_it_section(points: Sequence[RunPoint], footprint_name: str, metric: str, aggregate: bool = False) -> str:
+    """Pruned vs dense-small at equal bytes (the baseline at most the pruned model's) and equal training budget
+    (epochs from scratch: base + retraining vs the baseline's own), per precision; mean ± std over seeds with
+    ``aggregate``."""
+    pairs = worth_it_pairs(points)
+    if not pairs:
+        return ('<p class="note">No dense-small baselines among these runs: run <code>main -P baselines=true</code> '
+                "(or <code>prune_tracker.baselines.dense_small_baseline</code>) to ask whether pruning beats a smaller "
+                "dense model of the same size trained with the same budget.</p>")
+    header = ["precision", "pruned", "bytes", metric, "epochs", "dense-small", "bytes", metric, "epochs", "Δ (pt)",
+              "verdict"]
+    rows = [[_e(pr.pruned.precision), _e(_label(pr.pruned)), human_bytes(pr.pruned.footprint),
+             _e(_accuracy_cell(pr.pruned, aggregate)), _budget(pr.pruned),
+             _e(point_method(pr.baseline)) if pr.baseline else "-",
+             human_bytes(pr.baseline.footprint) if pr.baseline else "-",
+             _e(_accuracy_cell(pr.baseline, aggregate)) if pr.baseline else "-", _budget(pr.baseline),
+             f"{100 * pr.delta:+.2f}" if pr.delta is not None else "-", _e(pr.verdict)]
+            for pr in pairs[:MAX_TABLE_ROWS]]
+    imgs = []
+    for (dataset, precision), group in sorted(
+            _by(pairs, lambda pr: (pr.pruned.dataset, pr.pruned.precision)).items(),
+            key=lambda kv: (kv[0][0], precision_rank(kv[0][1]))):
+        roots = {pr.pruned.root_group for pr in group}
+        dense = [b for b in points if b.is_baseline and b.precision == precision and b.dataset == dataset
+                 and b.root_group in roots]
+        imgs.append(figure_to_img(worth_it_figure(group, dense, metric, f"{dataset}: pruned vs dense-small "
+                                                  f"({precision})"), f"worth it {dataset} {precision}"))
+    seeds = "mean ± sample std over seeds (n)" if aggregate else "single runs (compare with aggregate=seed for seeds)"
+    note = (f'<p class="note">Each pruned model against the largest dense-small baseline of the same base recipe and '
+            f"precision with at most its bytes ({_e(footprint_name)} or its precision's counterpart), both trained "
+            f"from scratch for the epochs shown (pruned: base + every retraining); {seeds}. Δ = pruned − "
+            "dense-small; a verdict needs |Δ| beyond two standard errors of the difference.</p>")
+    return note + _table(header, rows, left=2) + "\n".join(imgs)
+
+
+def _by(items: Iterable[Any], key) -> dict[Any, list[Any]]:
+    out: dict[Any, list[Any]] = {}
+    for item in items:
+        out.setdefault(key(item), []).append(item)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ build
 
 
@@ -501,18 +638,21 @@ def build_report(
     min_accuracy: float | None = None,
     missing: Sequence[tuple[str, str]] = (),
     filename: str = "report.html",
+    aggregate: bool = False,
 ) -> Path:
-    """Write ``out_dir/filename``; ``runs_details``: run id -> {"sparsity": {...}, "footprint": {...}}."""
+    """Write ``out_dir/filename``; ``runs_details``: run id -> {"sparsity": {...}, "footprint": {...}};
+    ``aggregate``: the points are averaged over seeds (tables show mean ± std, figures error bars)."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: UP017 - py3.10 target
     sections = [
         ("Answers", answers_section(points, front, budget_bytes, min_accuracy, missing)),
         ("Methods", method_summary_section(points, front)),
         ("Accuracy vs footprint (Pareto front per dataset)", fronts_section(points, footprint_name, metric)),
+        ("Is pruning worth it?", worth_it_section(points, footprint_name, metric, aggregate)),
         ("Sparsity x precision", sparsity_precision_section(points, footprint_name)),
         ("Accuracy vs pruning ratio", ratio_section(points, metric)),
         ("Per-layer sparsity of the front's models", sparsity_section(front, runs_details)),
         ("Footprint breakdown of the front's models", breakdown_section(front, runs_details)),
-        ("All runs", runs_table_section(points, front, footprint_name, metric)),
+        ("All runs", runs_table_section(points, front, footprint_name, metric, aggregate)),
     ]
     if missing:
         rows = [[f"<code>{_e(r)}</code>", _e(why)] for r, why in missing]
@@ -573,12 +713,13 @@ def run_report(
         budget_bytes=chosen.budget_bytes,
         min_accuracy=chosen.min_accuracy,
         missing=missing,
+        aggregate=chosen.aggregate == "seed",
     )
     run_id = None
     if log_run:
         with artifacts.stage_run("report", log_experiment or experiment_names[0], {"method": "report"}) as run:
-            tracking.log_params({"precisions": ",".join(chosen.precisions)})
+            tracking.log_params({"precisions": ",".join(chosen.precisions), "aggregate": chosen.aggregate})
             tracking.log_metrics({"n_runs": len(points), "n_front": len(front), "n_missing": len(missing)})
             artifacts.log_artifact(path, "report")
             run_id = run.info.run_id
-    return ReportResult(path, run_id, points, front, missing, chosen.precisions)
+    return ReportResult(path, run_id, points, front, missing, chosen.precisions, chosen.aggregate)

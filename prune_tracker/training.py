@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from .data import BatchLoader, DataSplits, ImageSet
+from .models.width import validate_width
 
 SCHEDULES = ("onecycle", "cosine", "constant")  # what a model can be trained with (a rewinding parent too)
 # Fine-tuning a pruned model: cosine from `lr` (the default), constant `lr`, or `rewind` (replay the parent's
@@ -49,6 +50,9 @@ class TrainConfig:
     # Zero the last BatchNorm gamma of every residual block, so each block starts as the identity
     # (Goyal et al. 2017; torchvision's `zero_init_residual`). Applied by the train job to a fresh model.
     zero_init_residual: bool = False
+    # Channel multiplier of the architecture the train job builds (`models.width`: round(width * c), at least 1);
+    # 1 = the published model. Recorded in the architecture spec, so the model rebuilds from spec + state_dict.
+    width: float = 1.0
     # Knowledge distillation (Hinton et al. 2015) from a teacher given to the Trainer (the unpruned parent):
     # loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T); alpha 0 = off (plain CE).
     distill_alpha: float = 0.0
@@ -66,6 +70,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         parse_resize_schedule(self.resize_schedule)
+        validate_width(self.width)
         if not (self.epochs >= 0 and math.isfinite(self.epochs)):
             raise ValueError(f"epochs={self.epochs} must be a finite number >= 0")
         if self.batch_size < 1:

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from conftest impor
 os.chdir(_SESSION_DIR)
 
 from mlflow_server import mlflow_server  # noqa: E402,F401  (session-wide real server, started on demand)
+from pg_server import team_server  # noqa: E402,F401  (PostgreSQL + basic-auth team server, started on demand)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,6 +13,7 @@ from conftest import PROJECT_ROOT
 
 from prune_tracker.cli import cli
 from prune_tracker.pipeline import PipelineConfig
+from prune_tracker.seeds import parse_seeds
 from prune_tracker.training import TrainConfig
 
 MLPROJECT = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())["entry_points"]
@@ -73,3 +74,32 @@ def test_main_cli_defaults_equal_the_pipeline_config():
         assert same(defaults[name], getattr(config.train, name)), name
     for name in ("train_subset", "val_size", "dataset"):
         assert same(defaults[name], getattr(config.data, name)), name
+    assert parse_seeds(defaults["seeds"]) == config.seeds and same(defaults["baselines"], config.baselines)
+
+
+def test_sweep_and_search_cli_defaults_equal_their_configs():
+    from prune_tracker.search import DEFAULT_METHODS, SearchConfig
+    from prune_tracker.sweep import PruneBase, SweepConfig
+
+    sweep, config = click_defaults("sweep"), SweepConfig(PruneBase("x"))
+    assert sweep["methods"] == ",".join(config.methods) and parse_seeds(sweep["seeds"]) == config.seeds
+    assert [float(r) for r in sweep["ratios"].split(",")] == config.ratios and not sweep["target_bytes"]
+    search, searching = click_defaults("search"), SearchConfig(PruneBase("x"), "100KB")
+    assert search["methods"] == ",".join(DEFAULT_METHODS) and search["trials"] == searching.trials
+    for name in ("executor", "cpus_per_trial"):
+        assert same(sweep[name], getattr(config, name)) and same(search[name], getattr(searching, name)), name
+    assert same(search["footprint"], searching.footprint) and same(search["sampler_seed"], searching.seed)
+
+
+def test_a_studys_recipe_defaults_equal_the_prune_cli_defaults():
+    """A sweep or search trial left alone prunes exactly as `prune-tracker prune` does by default."""
+    from dataclasses import asdict
+
+    from prune_tracker.sweep import RECIPE_OPTIONS, Recipe
+
+    prune, recipe = click_defaults("prune"), Recipe()
+    values = {**asdict(recipe.train), **asdict(recipe.recovery), "finetune_epochs": recipe.finetune_epochs,
+              "target_metric": recipe.target_metric, "qat": recipe.qat, "arch": recipe.arch}
+    for name in RECIPE_OPTIONS:
+        assert name in prune, f"{name} is not a prune option"
+        assert same(prune[name], values[name]), f"{name}: prune {prune[name]!r} != study recipe {values[name]!r}"

@@ -3,6 +3,8 @@ method itself), failures inside an open run, code identity in pipeline step keys
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -13,6 +15,7 @@ from prune_tracker.models import build_model
 from prune_tracker.pipeline import resolve_budget
 from prune_tracker.pruning import PruneContext, get_method
 from prune_tracker.pruning.target import search_ratio
+from prune_tracker.quant import byte_metrics, model_bytes
 
 PARENT = {"dataset": "synthetic", "train_subset": "1000", "val_size": "200", "seed": "3", "data_dir": ""}
 
@@ -92,6 +95,23 @@ def test_target_is_a_ceiling_for_the_method_itself(method):
     measured = measure_footprint(pruned).metrics["footprint_best_bytes"]
     assert measured <= target
     assert measured > 0.9 * target, "the search should not stop far below the target"
+
+
+def test_total_w8a8_target_shrinks_weights_and_activations_with_stage_scope():
+    # scope=all cuts stage widths too, so the int8 activation peak falls with the weights (total = both)
+    model = build_model("resnet20")
+    method = get_method("li_filters")
+    options = method.resolve_options({"scope": "all", "per_layer": "uniform"})
+    measure = jobs._target_measure("total_w8a8_bytes")
+    dense = measure(model)
+    target = dense / 3
+    ratio = jobs.ratio_for_target(model, method, options, _data_free_context(), target, "total_w8a8_bytes")
+    pruned = method.prune(model, ratio, _data_free_context(), **options).model
+    peak = measure_footprint(pruned).metrics["activation_peak_fp32_bytes"]
+    assert measure(pruned) <= target
+    assert peak < measure_footprint(model).metrics["activation_peak_fp32_bytes"]
+    assert measure(pruned) == pytest.approx(
+        byte_metrics(model_bytes(pruned, "int8"), "int8")["footprint_best_int8_bytes"] + math.ceil(peak / 4))
 
 
 def test_unknown_target_metric_is_refused_before_any_probe():

@@ -1,4 +1,5 @@
-"""CIFAR ResNets of He et al. 2016 (Sec. 4.2): 6n+2 layers, 16/32/64 channels, option-A shortcuts.
+"""CIFAR ResNets of He et al. 2016 (Sec. 4.2): 6n+2 layers, 16/32/64 channels, option-A shortcuts; depths 8, 14,
+20, 32, 56, 110, and a `width` multiplier of the channels (`models.width`: round(width * c), at least 1).
 
 Option A: identity shortcuts, and at a stage change a stride-2 subsample with the missing channels
 zero-padded. This keeps ResNet-20 at 0.27M parameters, as published.
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ResidualBasicBlock
+from .width import DEFAULT_WIDTH, scaled, validate_width
 
 
 class PadShortcut(nn.Module):
@@ -54,23 +56,24 @@ class BasicBlock(ResidualBasicBlock):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int, num_classes: int = 10):
+    def __init__(self, depth: int, num_classes: int = 10, width: float = DEFAULT_WIDTH):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        self.width = validate_width(width)
         blocks_per_stage = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        in_planes = 16
+        in_planes = scaled(16, self.width)
+        self.conv1 = nn.Conv2d(3, in_planes, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(in_planes)
         stages = []
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+        for planes, stride in ((scaled(16, self.width), 1), (scaled(32, self.width), 2), (scaled(64, self.width), 2)):
             blocks = []
             for i in range(blocks_per_stage):
                 blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(in_planes, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -82,17 +85,25 @@ class CifarResNet(nn.Module):
         return self.fc(out)
 
 
-def resnet20(num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(20, num_classes)
+def resnet8(num_classes: int = 10, width: float = DEFAULT_WIDTH) -> CifarResNet:
+    return CifarResNet(8, num_classes, width)
 
 
-def resnet32(num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(32, num_classes)
+def resnet14(num_classes: int = 10, width: float = DEFAULT_WIDTH) -> CifarResNet:
+    return CifarResNet(14, num_classes, width)
 
 
-def resnet56(num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(56, num_classes)
+def resnet20(num_classes: int = 10, width: float = DEFAULT_WIDTH) -> CifarResNet:
+    return CifarResNet(20, num_classes, width)
 
 
-def resnet110(num_classes: int = 10) -> CifarResNet:
-    return CifarResNet(110, num_classes)
+def resnet32(num_classes: int = 10, width: float = DEFAULT_WIDTH) -> CifarResNet:
+    return CifarResNet(32, num_classes, width)
+
+
+def resnet56(num_classes: int = 10, width: float = DEFAULT_WIDTH) -> CifarResNet:
+    return CifarResNet(56, num_classes, width)
+
+
+def resnet110(num_classes: int = 10, width: float = DEFAULT_WIDTH) -> CifarResNet:
+    return CifarResNet(110, num_classes, width)

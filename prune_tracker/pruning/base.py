@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .channels import ScopeError
 from .masks import make_permanent
 
 
@@ -118,7 +119,10 @@ class PruningMethod:
         make_permanent(model)
         timer = _FinetuneTimer(ctx.finetune)
         start = time.perf_counter()
-        result = self._prune(model, ratio, dataclasses.replace(ctx, finetune=timer), **opts)
+        try:
+            result = self._prune(model, ratio, dataclasses.replace(ctx, finetune=timer), **opts)
+        except ScopeError as err:  # a model this method cannot cut: one line naming the method and the layer
+            raise type(err)(f"{self.name}: {err}") from None
         wall = time.perf_counter() - start
         result.seconds = wall - timer.seconds
         result.details.setdefault("method", self.name)

@@ -8,6 +8,7 @@ Scope (Li et al. 2017 Sec. 4.2):
   on ResNet-18 (projection shortcuts) the same block-internal scope is used for consistency.
 - VGG (`features` Sequential): every conv except the last `skip_last` ones; the conv feeding the classifier
   trims Linear-1's inputs through the graph (Li et al. Sec. 4.1).
+These scopes are the zoo's (`is_zoo_model`); any other model is cut on its own dependency graph (`graph.py`).
 Block outputs, stem and classifier outputs stay, so `build_from_spec(architecture_spec(...))` rebuilds
 every result. This is the methods' `scope=block` (the default). On option-A CIFAR ResNets, `scope=stage`
 cuts the block outputs of each stage by hand (`stages.py`), `scope=all` does both.
@@ -54,8 +55,29 @@ def _vgg_scope(model: nn.Module, skip_last: int) -> list[ChannelLayer]:
     return layers
 
 
+def is_zoo_model(model: nn.Module) -> bool:
+    """A model of prune-tracker's own zoo (CIFAR ResNets, VGG, ResNet-18): the scopes here apply to it. Any other
+    model (torchvision, another tool's) is pruned on its dependency graph (`graph.py`)."""
+    module = type(model).__module__
+    return module.startswith("prune_tracker.models.") and not module.endswith("torchvision_zoo")
+
+
+class ScopeError(ValueError):
+    """A channel method without a dependency-graph scope was given a model outside the zoo (one line)."""
+
+
+def _first_conv(model: nn.Module) -> str:
+    return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), "<no Conv2d>")
+
+
 def channel_scope(model: nn.Module, skip_last: int = 0) -> list[ChannelLayer]:
     """The layers structured methods prune, in forward order (see module docstring)."""
+    if not is_zoo_model(model):  # a torchvision MobileNet also has `features` + `classifier`: not a VGG
+        raise ScopeError(
+            f"cannot prune {_first_conv(model)} of {type(model).__name__}: this method knows only the channel scopes "
+            "of the zoo's ResNets and VGGs (a conv, its BN and the conv reading it); li_filters and random_channels "
+            "prune any graph through Torch-Pruning's dependency graph"
+        )
     blocks = [(n, m) for n, m in model.named_modules() if _is_block(m)]
     if blocks:
         return [ChannelLayer(f"{n}.conv1", b.conv1, f"{n}.bn1", f"{n}.conv2", b.conv2) for n, b in blocks]

@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from .base import PruneContext, PruneResult, PruningMethod, validate_ratio
 from .channels import channel_scope, n_remove
-from .layers import prunable_layers
+from .graph import graph_channels, uses_graph_scope
+from .layers import channels_per_layer, prunable_layers
 from .masks import count_nonzero_params, current_weight, global_sparsity, is_masked, set_mask, sparsity_report
 
 RoundCallback = Callable[[int, dict[str, float]], None]
@@ -183,8 +184,10 @@ class _Rounds:
     """Converts the cumulative target of round k into the `ratio` of the current model, and measures what the
     current model has reached, for one method's `ratio_kind`."""
 
-    def __init__(self, method: PruningMethod, model: nn.Module, opts: dict[str, Any], ratio: float):
+    def __init__(self, method: PruningMethod, model: nn.Module, opts: dict[str, Any], ratio: float,
+                 example_input: torch.Tensor | None = None):
         self.kind, self.opts, self.ratio_final = method.ratio_kind, opts, ratio
+        self.example_input = example_input  # a model outside the zoo counts the channels of its graph groups
         self.params = sum(p.numel() for p in model.parameters())
         self.skip_last = opts.get("skip_last", 0)
         self.channels = self._channels(model) if self.kind == "channels" or method.changes_architecture else {}
@@ -192,6 +195,8 @@ class _Rounds:
         self.previous = 0.0
 
     def _channels(self, model: nn.Module) -> dict[str, int]:
+        if uses_graph_scope(model) and self.example_input is not None:
+            return graph_channels(model, self.example_input, self.skip_last)
         return {layer.name: layer.conv.out_channels for layer in channel_scope(model, self.skip_last)}
 
     def ratio(self, model: nn.Module, target: float) -> float:
@@ -252,7 +257,7 @@ def iterative_prune(
     opts = method.resolve_options(options or {})
     if getattr(method, "prunes_in_rounds", False):
         opts.update(rounds=1, round_epochs=0.0)
-    plan = _Rounds(method, model, opts, ratio)
+    plan = _Rounds(method, model, opts, ratio, ctx.example_input)
     original_channels = dict(plan.channels)
     results: list[PruneResult] = []
     ratios: list[float] = []
@@ -300,7 +305,7 @@ def iterative_prune(
     details = dict(last.details)
     details["ratio"] = ratio
     if "layers" in details:
-        after = {n: m.out_channels for n, m in final.named_modules() if n in details["layers"]}
+        after = {n: c for n, c in channels_per_layer(final).items() if n in details["layers"]}  # conv or Linear
         details["layers"] = {
             n: {"channels_before": original_channels.get(n, after[n]), "channels_after": after[n],
                 "ratio": 1.0 - after[n] / original_channels.get(n, after[n])}

@@ -17,6 +17,9 @@ once, as Li et al. do (Sec. 4); `layerwise` prunes one layer at a time, re-ranki
 `ctx.finetune(model, layer_epochs)` between layers.
 Every block-internal cut goes through Torch-Pruning's DependencyGraph, the stage cut is done by hand; both
 are checked (widths, parameter count, forward).
+Any other model (a torchvision builder, a model logged by another tool) is cut on its own dependency graph: every
+coupled channel group but the classifier's, ranked by the filter L1 norms of the layers writing the channels,
+each cut checked (widths, parameter count, function, forward); see `graph.py`. `per_layer=uniform` only.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ from .base import PruneContext, PruneResult, PruningMethod, register_method
 from .channels import (
     ChannelLayer,
     ChannelPruner,
+    ScopeError,
     channel_params,
     channel_scope,
     filter_l1,
     lowest,
     n_remove,
 )
+from .graph import l1_scores, prune_graph, uses_graph_scope
 from .layers import channels_per_layer
 from .sensitivity import allocate, sensitivity_figure, sensitivity_scan
 from .stages import SCOPE_CHOICES, SCOPE_OPTIONS, check_scope, prune_stages_l1
@@ -114,6 +119,8 @@ class LiFilters(PruningMethod):
     summary = "L1-norm filter pruning, channels removed (Li et al. 2017)"
 
     def _prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **opts: Any) -> PruneResult:
+        if uses_graph_scope(model):
+            return self._prune_graph(model, ratio, ctx, opts)
         staged = check_scope(model, opts["scope"], self.name)
         if opts["scope"] == "stage" and opts["per_layer"] == "sensitivity":
             raise ValueError("li_filters: per_layer=sensitivity allocates block-internal ratios: use scope=block|all")
@@ -131,3 +138,15 @@ class LiFilters(PruningMethod):
         result = structured_result(model, layers, before, kept, finetuned_epochs=spent, **details)
         result.figures.update(figures)
         return result
+
+    @staticmethod
+    def _prune_graph(model: nn.Module, ratio: float, ctx: PruneContext, opts: dict[str, Any]) -> PruneResult:
+        """A model outside the zoo: every coupled channel group of its dependency graph (`graph.py`)."""
+        if opts["scope"] != "block":
+            raise ScopeError(f"scope={opts['scope']} needs an option-A CIFAR ResNet; {type(model).__name__} is "
+                             "pruned on its dependency graph: use scope=block (the default)")
+        if opts["per_layer"] != "uniform":
+            raise ScopeError(f"per_layer={opts['per_layer']} allocates the zoo's block ratios; "
+                             f"{type(model).__name__} is pruned on its dependency graph: use per_layer=uniform")
+        epochs = opts["layer_epochs"] if opts["schedule"] == "layerwise" else 0.0
+        return prune_graph(model, ratio, ctx, opts, l1_scores, layer_epochs=epochs)

@@ -3,7 +3,9 @@
 Loading never unpickles when it can avoid it: a model logged by prune-tracker carries
 `model_spec/architecture.json` + `model_spec/state_dict.pt`, and is rebuilt from those with
 `torch.load(..., weights_only=True)`. Only a model without them (logged elsewhere) falls back to
-`mlflow.pytorch.load_model`, which unpickles, and is therefore trusted as far as the tracking server is.
+`mlflow.pytorch.load_model`, which unpickles, and is therefore trusted as far as the tracking server is; so does
+a model pruned from such a foreign one (its spec names a `foreign:` arch: only its own code builds it), whose
+logged state_dict is then loaded into the unpickled module (`foreign_models.py`).
 """
 
 from __future__ import annotations
@@ -28,10 +30,16 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from ..models import architecture_spec, build_from_spec, build_model
+from ..models.foreign import is_foreign_arch
 from ..quant import artifact_dir_name
+from . import owner
+from .errors import ArtifactWriteError, artifact_writes  # noqa: F401  (ArtifactWriteError: for callers)
+from .foreign_models import foreign_spec, load_pickled, num_classes_of, signature_shapes
 
 # Artifact downloads while loading a model would otherwise draw progress bars into command output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+_log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 SPEC_DIR = "model_spec"
@@ -101,21 +109,53 @@ def tracked_run(
     propagates, so no run is left RUNNING."""
     launched_by_mlflow_run = bool(os.environ.get("MLFLOW_RUN_ID")) and not nested
     reopen = resume_run_id if resume_run_id and not launched_by_mlflow_run else None
+    if reopen:
+        _check_not_owned_elsewhere(reopen)
     if experiment_name and not launched_by_mlflow_run and not nested and not reopen:
         use_experiment(experiment_name)
     run = mlflow.start_run(run_id=reopen, nested=nested)
+    heartbeat = None
     try:
         _tag_experiment_kind(run.info.experiment_id)
-        # Also names the run `mlflow run` created (MLflow gave it a random name) and a reopened one.
-        mlflow.set_tags({"stage": stage, **(tags or {}), **({"mlflow.runName": run_name} if run_name else {})})
+        # Also names the run `mlflow run` created (MLflow gave it a random name) and a reopened one; the owner
+        # tags (this process, a first heartbeat) let `prune-tracker gc` tell a live run from an orphan.
+        mlflow.set_tags({"stage": stage, **(tags or {}), **({"mlflow.runName": run_name} if run_name else {}),
+                         **owner.owner_tags()})
+        heartbeat = owner.Heartbeat(run.info.run_id, mlflow.get_tracking_uri(), owner.heartbeat_seconds()).start()
         yield run
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        _end_run_after_error(heartbeat, "KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        _end_run_after_error(heartbeat, "FAILED")
         raise
+    heartbeat.stop()
     mlflow.end_run("FINISHED")
+
+
+def _end_run_after_error(heartbeat: owner.Heartbeat | None, status: str) -> None:
+    """End the active run with `status` while an error propagates; if the server cannot be reached either, say
+    so in one log line and let the original error propagate (`prune-tracker gc` marks the run KILLED later)."""
+    if heartbeat is not None:
+        heartbeat.stop()
+    run = mlflow.active_run()
+    try:
+        mlflow.end_run(status)
+    except MlflowException as err:
+        _log.warning("could not mark run %s %s (%s); once this process is gone, `prune-tracker gc` marks it KILLED",
+                     run.info.run_id if run else "?", status, err.message.splitlines()[0] if err.message else err)
+
+
+def _check_not_owned_elsewhere(run_id: str) -> None:
+    """Refuse to reopen a run that is RUNNING in a live process (two writers to one run)."""
+    from .gc import DEFAULT_STALE_AFTER, orphan_reason, parse_duration
+
+    run = MlflowClient().get_run(run_id)
+    if run.info.status == "RUNNING" and orphan_reason(run, parse_duration(DEFAULT_STALE_AFTER)) is None:
+        tags = run.data.tags
+        raise ValueError(f"resume_run_id={run_id!r} is still RUNNING (owner pid {tags.get(owner.OWNER_PID, '?')} on "
+                         f"host {tags.get(owner.OWNER_HOST, '?')}, heartbeat {tags.get(owner.HEARTBEAT, '?')}); "
+                         "wait for it to end, or stop that process and run `prune-tracker gc`")
 
 
 def fail_launched_run() -> None:
@@ -198,22 +238,24 @@ def runtime_requirements() -> list[str]:
     return pins
 
 
-def log_model(model: nn.Module, arch: str, num_classes: int, extra_spec: dict[str, Any] | None = None) -> str:
+def log_model(model: nn.Module, arch: str, num_classes: int, extra_spec: dict[str, Any] | None = None,
+              input_shape: tuple[int, ...] = (3, 32, 32), code_paths: list[str] | None = None) -> str:
     """Log the model three ways: mlflow.pytorch pickle flavour named `model` (trainable nn.Module on
-    load, unlike MLflow 3's default pt2 export), and the state_dict + architecture spec (safe rebuild).
-    Returns the logged model id."""
+    load, unlike MLflow 3's default pt2 export), and the state_dict + architecture spec (safe rebuild; a
+    `foreign:` model reloads by unpickling, its `code_paths` logged with it). Returns the logged model id."""
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
-    spec = {**architecture_spec(model, arch, num_classes), **(extra_spec or {})}
-    example = np.zeros((1, 3, 32, 32), dtype=np.float32)
+    spec = {**architecture_spec(model, arch, num_classes), "input_shape": list(input_shape), **(extra_spec or {})}
+    example = np.zeros((1, *input_shape), dtype=np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     signature = mlflow.models.infer_signature(example, output)
-    with _quiet_logger("mlflow.pytorch"):  # its pickle caution: we log spec + state_dict for a safe load
+    # its pickle caution: we log spec + state_dict for a safe load
+    with _quiet_logger("mlflow.pytorch"), artifact_writes(MODEL_ARTIFACT):
         info = mlflow.pytorch.log_model(model, name=MODEL_ARTIFACT, serialization_format="pickle",
                                         signature=signature, input_example=example,
-                                        pip_requirements=runtime_requirements())
-    mlflow.log_dict(spec, f"{SPEC_DIR}/{SPEC_FILE}")
-    with tempfile.TemporaryDirectory() as tmp:
+                                        pip_requirements=runtime_requirements(), code_paths=code_paths or None)
+    with artifact_writes(SPEC_DIR), tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_dict(spec, f"{SPEC_DIR}/{SPEC_FILE}")
         path = Path(tmp) / STATE_FILE
         torch.save(model.state_dict(), path)
         mlflow.log_artifact(str(path), SPEC_DIR)
@@ -226,7 +268,8 @@ def log_files_model(local_dir: Path, name: str, tags: dict[str, str], metrics: d
     run = mlflow.active_run()
     model = mlflow.initialize_logged_model(name=name, source_run_id=run.info.run_id, tags=tags)
     try:
-        MlflowClient().log_model_artifacts(model.model_id, str(local_dir))
+        with artifact_writes(name):
+            MlflowClient().log_model_artifacts(model.model_id, str(local_dir))
     except BaseException:
         mlflow.finalize_logged_model(model.model_id, "FAILED")
         raise
@@ -242,6 +285,8 @@ class LoadedModel:
     source_run_id: str | None
     uri: str
     precision: str = "fp32"  # int8 / int4: a deployable file (BatchNorm folded, weights quantised)
+    input_shape: tuple[int, ...] | None = None  # one image, as the model's spec or MLflow signature declares it
+    code_paths: list[str] | None = None  # a foreign model's code logged with it (importable in this process)
 
 
 def _load_checked(spec: dict[str, Any], state: dict[str, torch.Tensor], origin: str) -> nn.Module:
@@ -414,15 +459,47 @@ def load_model(model_uri: str, arch: str | None = None) -> LoadedModel:
         if folder is not None and (folder / SPEC_FILE).exists():
             spec = json.loads((folder / SPEC_FILE).read_text())
             state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+            if is_foreign_arch(spec.get("arch")):  # logged by us from a foreign model: only its pickle builds it
+                return _check_arch_agrees(_load_foreign_logged(model_uri, run_id, spec, state), arch, model_uri)
             loaded = LoadedModel(_load_checked(spec, state, model_uri), spec, run_id, model_uri)
+            loaded.input_shape = _declared_input_shape(spec, model_uri)
             return _check_arch_agrees(loaded, arch, model_uri)
-        # A model logged outside prune-tracker: mlflow.pytorch unpickles it (trust = the server's).
-        model = mlflow.pytorch.load_model(model_uri, dst_path=tmp)
-    if not arch:
-        raise ModelLoadError(f"{model_uri!r} has no {SPEC_DIR}/ artifact; pass arch=<name> to describe it")
-    return LoadedModel(
-        model, architecture_spec(model, arch, _infer_num_classes(model.state_dict())), run_id, model_uri
-    )
+    # A model logged outside prune-tracker: mlflow.pytorch unpickles it (trust = the server's).
+    return _load_foreign(model_uri, run_id, arch)
+
+
+def _declared_input_shape(spec: dict[str, Any], model_uri: str) -> tuple[int, ...] | None:
+    """The input shape a logged model declares: its spec's (logged since any-CNN support), else its signature's."""
+    shape = spec.get("input_shape")
+    return tuple(int(d) for d in shape) if shape else signature_shapes(model_uri)[0]
+
+
+def _load_foreign_logged(model_uri: str, run_id: str, spec: dict[str, Any], state: dict[str, torch.Tensor]
+                         ) -> LoadedModel:
+    """A foreign model prune-tracker logged (pruned, fine-tuned): unpickled, then its logged state_dict loaded."""
+    model, code = load_pickled(model_uri)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ModelLoadError(f"{model_uri!r}: its {SPEC_DIR}/{STATE_FILE} does not fit the pickled module: "
+                             f"{str(err).strip().splitlines()[0]}") from None
+    return LoadedModel(model.eval(), spec, run_id, model_uri, input_shape=_declared_input_shape(spec, model_uri),
+                       code_paths=code)
+
+
+def _load_foreign(model_uri: str, run_id: str, arch: str | None) -> LoadedModel:
+    """An `mlflow.pytorch` model of any nn.Module (unpickled). With `arch` (a zoo name or torchvision:<builder>) it
+    is rebuilt as that architecture from its state_dict, so it is logged and reloaded from a spec afterwards;
+    without, it is pruned as it is (arch `foreign:<module>.<class>`)."""
+    model, code = load_pickled(model_uri)
+    input_shape, classes = signature_shapes(model_uri)
+    num_classes = num_classes_of(model, classes, input_shape)
+    if arch:
+        spec = architecture_spec(model, arch, num_classes)
+        return LoadedModel(_load_checked(spec, model.state_dict(), model_uri), spec, run_id, model_uri,
+                           input_shape=input_shape)
+    return LoadedModel(model, foreign_spec(model, num_classes, input_shape), run_id, model_uri,
+                       input_shape=input_shape, code_paths=code)
 
 
 def _check_arch_agrees(loaded: LoadedModel, arch: str | None, origin: str) -> LoadedModel:
@@ -489,7 +566,7 @@ def download_artifact(run_id: str, artifact_path: str, dst: Path) -> Path | None
 
 
 def log_checkpoint(state: dict[str, Any], name: str = "checkpoint/last.pt") -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with artifact_writes(name), tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(name).name
         torch.save(state, path)
         mlflow.log_artifact(str(path), str(Path(name).parent))
@@ -498,7 +575,13 @@ def log_checkpoint(state: dict[str, Any], name: str = "checkpoint/last.pt") -> N
 def load_checkpoint(run_id: str, name: str = "checkpoint/last.pt") -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory() as tmp:
         path = download_artifact(run_id, name, Path(tmp))
-        return torch.load(path, map_location="cpu", weights_only=True) if path else None
+        if path is None:
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises several types for a torn file
+            raise ValueError(f"{name} of run {run_id} cannot be read ({str(err).splitlines()[0][:200]}): it was "
+                             "probably cut short by a kill while it was written; train a new run") from None
 
 
 # ---------------------------------------------------------------- artifacts
@@ -518,3 +601,4 @@ from .artifacts import (  # noqa: E402,F401  (re-exported: the package is the on
     set_tags,
     stage_run,
 )
+from .gc import mark_orphans_killed  # noqa: E402,F401  (orphan runs -> KILLED: `prune-tracker gc`, the sweep)

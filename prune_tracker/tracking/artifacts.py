@@ -12,6 +12,8 @@ import mlflow
 from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 
+from .errors import artifact_writes
+
 
 @contextlib.contextmanager
 def stage_run(stage: str, experiment_name: str, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
@@ -33,23 +35,29 @@ def set_tags(tags: dict[str, Any]) -> None:
 
 
 def log_text(text: str, artifact_file: str) -> None:
-    mlflow.log_text(text, artifact_file)
+    with artifact_writes(artifact_file):
+        mlflow.log_text(text, artifact_file)
 
 
 def log_dict(doc: dict[str, Any], artifact_file: str) -> None:
-    mlflow.log_dict(doc, artifact_file)
+    with artifact_writes(artifact_file):
+        mlflow.log_dict(doc, artifact_file)
 
 
 def log_figure(figure: Figure, artifact_file: str) -> None:
     """Log a matplotlib figure and release it (pyplot keeps the figures it made alive until closed)."""
     import matplotlib.pyplot as plt
 
-    mlflow.log_figure(figure, artifact_file)
-    plt.close(figure)
+    try:
+        with artifact_writes(artifact_file):
+            mlflow.log_figure(figure, artifact_file)
+    finally:
+        plt.close(figure)
 
 
 def log_artifact(local_path: str | Path, artifact_path: str | None = None) -> None:
-    mlflow.log_artifact(str(local_path), artifact_path)
+    with artifact_writes(artifact_path or Path(local_path).name):
+        mlflow.log_artifact(str(local_path), artifact_path)
 
 
 def load_dict(run_id: str, artifact_file: str) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from prune_tracker.footprint import footprint_metrics
 from prune_tracker.frontier import (
+    BASELINE_BASE_TAG,
     FOOTPRINT_SHORTCUTS,
     FP16,
     PRECISIONS,
@@ -35,6 +36,7 @@ from prune_tracker.frontier import (
     precision_footprint,
     resolve_footprint,
 )
+from prune_tracker.seeds import LOCAL_PARAMS, RUN_URI, recipe_identity
 
 DEFAULT_METRIC = "val_accuracy"  # choose on validation; test accuracy is reported beside it
 DEFAULT_FOOTPRINT = "footprint_best_bytes"
@@ -249,7 +251,7 @@ def resolve_roots(
 ) -> dict[str, tuple[str, float] | None]:
     """run id -> (root run id, root footprint) following parent_run_id to the first stage=train run."""
     for _ in range(_MAX_CHAIN):
-        wanted = {p for r in runs.values() if (p := r.data.tags.get("parent_run_id")) and p not in runs}
+        wanted = {p for r in runs.values() if (p := lineage_parent(r)) and p not in runs}
         if not wanted:
             break
         fetched = fetch_runs(client, experiment_ids, wanted)
@@ -259,16 +261,91 @@ def resolve_roots(
     return {run_id: _root_of(run_id, runs, footprint) for run_id in runs}
 
 
+def lineage_parent(run: Run) -> str | None:
+    """The run a run's size is measured against: its `parent_run_id`; for a train run, the base a dense-small
+    baseline stands in for (tag `baseline_base_run_id`), else none (a train run is its own root)."""
+    tags = run.data.tags
+    if tags.get("stage") == "train":
+        return tags.get(BASELINE_BASE_TAG) or None
+    return tags.get("parent_run_id") or None
+
+
 def _root_of(run_id: str, runs: dict[str, Run], footprint: str) -> tuple[str, float] | None:
     seen: set[str] = set()
     current = runs.get(run_id)
     while current is not None and current.info.run_id not in seen:
         seen.add(current.info.run_id)
-        if current.data.tags.get("stage") == "train":
+        if current.data.tags.get("stage") == "train" and not current.data.tags.get(BASELINE_BASE_TAG):
             value = current.data.metrics.get(footprint)
             return (current.info.run_id, value) if value is not None else None
-        current = runs.get(current.data.tags.get("parent_run_id", ""))
+        current = runs.get(lineage_parent(current) or "")
     return None
+
+
+def _float(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class Lineage:
+    """Per run id, what its lineage says: the recipe identity minus the seed (`prune_tracker.seeds`) and the
+    training epochs spent from scratch (train: epochs; prune: + finetune_epochs + the method's own retraining,
+    metric method_finetune_epochs; finetune: + epochs). Memoised over `runs` (the runs and their ancestors)."""
+
+    def __init__(self, runs: dict[str, Run]):
+        self.runs = runs
+        self._identity: dict[str, str] = {}
+        self._budget: dict[str, float | None] = {}
+
+    def identity(self, run_id: str, depth: int = 0) -> str | None:
+        run = self.runs.get(run_id)
+        if run is None or depth > _MAX_CHAIN:
+            return None
+        if run_id not in self._identity:
+            parent = run.data.tags.get("parent_run_id")
+            parent_identity = (self.identity(parent, depth + 1) or f"run:{parent}") if parent else None
+            self._identity[run_id] = recipe_identity(run.data.params, run.data.tags, parent_identity,
+                                                     lambda other: self.identity(other, depth + 1))
+        return self._identity[run_id]
+
+    def budget(self, run_id: str, depth: int = 0) -> float | None:
+        run = self.runs.get(run_id)
+        if run is None or depth > _MAX_CHAIN:
+            return None
+        if run_id not in self._budget:
+            self._budget[run_id] = self._own_budget(run, depth)
+        return self._budget[run_id]
+
+    def _own_budget(self, run: Run, depth: int) -> float | None:
+        params, stage = run.data.params, run.data.tags.get("stage")
+        if stage == "train":
+            return _float(params.get("epochs"))
+        parent = run.data.tags.get("parent_run_id")
+        before = self.budget(parent, depth + 1) if parent else None
+        if before is None:
+            return None
+        if stage == "prune":
+            spent = (_float(params.get("finetune_epochs")) or 0.0) + (
+                _float(run.data.metrics.get("method_finetune_epochs")) or 0.0)
+        elif stage == "finetune":
+            spent = _float(params.get("epochs")) or 0.0
+        else:
+            spent = 0.0
+        return before + spent
+
+
+def referenced_runs(runs: dict[str, Run]) -> set[str]:
+    """Run ids that parameters name by a `runs:/<id>/...` URI (a distillation teacher) and `runs` lacks."""
+    wanted = set()
+    for run in runs.values():
+        for name, value in run.data.params.items():
+            found = RUN_URI.match(str(value)) if name not in LOCAL_PARAMS else None
+            if found and found.group(1) not in runs:
+                wanted.add(found.group(1))
+    return wanted
 
 
 def query_runs(
@@ -292,9 +369,18 @@ def query_runs(
         )
         points += found
         missing += [(run.info.run_id, reason) for reason in reasons]
-    roots = resolve_roots(client, exp_ids, {r.info.run_id: r for r in runs}, footprint)
-    points = [_with_root(p, roots.get(p.run_id)) for p in points]
+    known = {r.info.run_id: r for r in runs}
+    roots = resolve_roots(client, exp_ids, known, footprint)  # adds every ancestor to `known`
+    if wanted := referenced_runs(known):
+        known.update(fetch_runs(client, exp_ids, wanted))
+    lineage = Lineage(known)
+    points = [_with_lineage(_with_root(p, roots.get(p.run_id)), lineage, roots.get(p.run_id)) for p in points]
     return sorted(points, key=front_key), sorted(missing)
+
+
+def _with_lineage(point: RunPoint, lineage: Lineage, root: tuple[str, float] | None) -> RunPoint:
+    return replace(point, group=lineage.identity(point.run_id), budget_epochs=lineage.budget(point.run_id),
+                   root_group=lineage.identity(root[0]) if root else None)
 
 
 def found_precisions(points: Sequence[RunPoint]) -> tuple[str, ...]:

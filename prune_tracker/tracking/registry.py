@@ -130,7 +130,17 @@ def _version_tags(p: RunPoint) -> dict[str, str]:
         "compression": "" if comp is None else f"{comp:.4g}",
         "test_accuracy": "" if p.test_accuracy is None else f"{p.test_accuracy:.6g}",
         **({"activations": W8A8_NOTE} if p.precision == "w8a8" else {}),
+        **(_seed_tags(p) if p.n > 1 else {}),
     }
+
+
+def _seed_tags(p: RunPoint) -> dict[str, str]:
+    """A point averaged over seeds (compare aggregate=seed): its accuracy / bytes tags are the means; the version
+    is the member closest to the mean."""
+    return {"seeds_n": str(p.n), "accuracy_std": "" if p.accuracy_std is None else f"{p.accuracy_std:.6g}",
+            "seed_members": " ".join(p.members),
+            "seed_note": f"accuracy, test_accuracy and bytes are means over {p.n} seeds; this version is the member "
+                         "closest to the mean accuracy"}
 
 
 def _ensure_model(client: MlflowClient, name: str, created_models: list[str]) -> None:

@@ -1,0 +1,296 @@
+"""The team server (prune_tracker/tracking/server.py): PostgreSQL backend, proxied artifacts, MLflow basic-auth on
+127.0.0.1, started and stopped by the tests. No credentials -> 401; a user without a grant -> 403 on write; a granted
+user logs runs, registers a model and runs a prune entry point through `mlflow run`; `server --check`; the one-line
+refusal of --auth without secrets; `users add|grant`; scripts/team-server.sh starts the same set-up with an S3
+artifacts destination (moto) and stops it; a start that fails leaves nothing running."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+import mlflow
+import pytest
+import requests
+import torch
+from click.testing import CliRunner
+from conftest import PROJECT_ROOT
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pg_server import User
+from test_entrypoints import assert_ok, mlflow_run
+
+from prune_tracker import tracking
+from prune_tracker.cli import cli
+from prune_tracker.models import build_model
+from prune_tracker.tracking import server as team
+
+SEARCH = "/api/2.0/mlflow/experiments/search"
+TINY_PRUNE = {"dataset": "synthetic", "train_subset": "200", "val_size": "50", "seed": "0", "method": "global_l1",
+              "ratio": "0.5", "device": "cpu", "batch_size": "50", "arch": "resnet20"}
+
+
+def _one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _new_experiment(team_server, name: str) -> str:
+    with team_server.login(team_server.admin):
+        return MlflowClient(team_server.uri).create_experiment(f"{name}-{secrets.token_hex(3)}")
+
+
+def test_requests_without_valid_credentials_get_401(team_server):
+    url = f"{team_server.uri}{SEARCH}"
+    assert requests.get(url, params={"max_results": 1}, timeout=10).status_code == 401
+    wrong = (team_server.admin_user, team_server.admin_password + "x")
+    assert requests.get(url, params={"max_results": 1}, auth=wrong, timeout=10).status_code == 401
+    admin = (team_server.admin_user, team_server.admin_password)
+    assert requests.get(url, params={"max_results": 1}, auth=admin, timeout=10).status_code == 200
+    assert requests.get(f"{team_server.uri}/health", timeout=10).text == "OK"  # health answers without a login
+
+
+def test_ungranted_user_gets_403_on_write_and_a_granted_user_logs_and_registers(team_server):
+    experiment_id = _new_experiment(team_server, "team-grant")
+    bob = team_server.create_user()
+    with team_server.login(bob):
+        client = MlflowClient(team_server.uri)
+        assert client.get_experiment(experiment_id).experiment_id == experiment_id  # default permission READ
+        with pytest.raises(MlflowException) as refused:
+            client.create_run(experiment_id)
+        assert refused.value.get_http_status_code() == 403, refused.value.message
+    team_server.grant(bob, experiment_id, "EDIT")
+    with team_server.login(bob):
+        mlflow.set_tracking_uri(team_server.uri)
+        try:
+            with mlflow.start_run(experiment_id=experiment_id) as run:
+                mlflow.log_params({"method": "global_l1", "ratio": 0.5})
+                for step in range(3):
+                    mlflow.log_metric("val_accuracy", 0.1 * step, step=step)
+                tracking.log_model(build_model("resnet20"), "resnet20", 10)
+            version = mlflow.register_model(f"runs:/{run.info.run_id}/model", f"team-model-{experiment_id}")
+            client.set_registered_model_alias(version.name, "champion", version.version)
+            assert client.get_model_version_by_alias(version.name, "champion").run_id == run.info.run_id
+        finally:
+            mlflow.set_tracking_uri(None)
+        logged = client.get_run(run.info.run_id)
+        assert logged.info.status == "FINISHED" and logged.data.metrics["val_accuracy"] == pytest.approx(0.2)
+        assert logged.info.artifact_uri.startswith("mlflow-artifacts:"), logged.info.artifact_uri
+    assert list((team_server.root / "artifacts").rglob("state_dict.pt")), "artifacts not proxied to the server root"
+    eve = team_server.create_user()
+    with team_server.login(eve), pytest.raises(MlflowException) as refused:
+        MlflowClient(team_server.uri).log_metric(run.info.run_id, "val_accuracy", 1.0)
+    assert refused.value.get_http_status_code() == 403
+
+
+def test_check_prints_health_version_backend_and_auth(team_server, mlflow_server, monkeypatch):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    anonymous = CliRunner().invoke(cli, ["server", "--check", team_server.uri])
+    assert anonymous.exit_code == 0, anonymous.output
+    assert f"uri: {team_server.uri}\nhealth: OK\nversion: unknown (needs credentials" in anonymous.output
+    assert "backend: sql (SqlStore)" in anonymous.output and "auth: on" in anonymous.output
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", team_server.admin_user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", team_server.admin_password)
+    admin = CliRunner().invoke(cli, ["server", "--check", team_server.uri])
+    assert f"version: {mlflow.__version__}\n" in admin.output, admin.output
+    plain = team.check_server(mlflow_server)  # the SQLite test server: no auth
+    assert plain.ok and plain.auth == "off" and plain.version == mlflow.__version__
+    gone = CliRunner().invoke(cli, ["server", "--check", f"http://127.0.0.1:{team.free_port()}"])
+    assert gone.exit_code == 1 and "health: unreachable" in gone.output
+    _one_line_error(CliRunner().invoke(cli, ["server", "--check", "localhost:5000"]), "http://")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({}, "MLFLOW_AUTH_ADMIN_PASSWORD and MLFLOW_FLASK_SERVER_SECRET_KEY"),
+    ({"MLFLOW_AUTH_ADMIN_PASSWORD": "x" * 20}, "--auth needs MLFLOW_FLASK_SERVER_SECRET_KEY"),
+    ({"MLFLOW_AUTH_ADMIN_PASSWORD": "short", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32}, "has 5 characters"),
+])
+def test_auth_without_secrets_is_refused_in_one_line_before_any_setup(tmp_path, monkeypatch, env, message):
+    for name in team.AUTH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    root = tmp_path / "root"
+    _one_line_error(CliRunner().invoke(cli, ["server", "--auth", "--root", str(root)]), message)
+    assert not root.exists()
+
+
+def test_users_add_and_grant_through_the_cli(team_server, monkeypatch):
+    experiment_id = _new_experiment(team_server, "team-cli")
+    with team_server.login(team_server.admin):
+        name = MlflowClient(team_server.uri).get_experiment(experiment_id).name
+    user, password = f"carol-{secrets.token_hex(3)}", secrets.token_urlsafe(16)
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team_server.uri)
+    monkeypatch.setenv("PRUNE_TRACKER_NEW_USER_PASSWORD", password)
+    _one_line_error(CliRunner().invoke(cli, ["users", "add", user]), "MLFLOW_TRACKING_USERNAME")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", team_server.admin_user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", team_server.admin_password)
+    added = CliRunner().invoke(cli, ["users", "add", user])
+    assert added.exit_code == 0 and f"user {user} created" in added.output, added.output
+    granted = CliRunner().invoke(cli, ["users", "grant", user, name, "edit"])
+    assert granted.exit_code == 0 and f"EDIT on experiment {name!r} (id {experiment_id})" in granted.output
+    _one_line_error(CliRunner().invoke(cli, ["users", "grant", user, "no-such-experiment", "EDIT"]),
+                    "'no-such-experiment' not found")
+    _one_line_error(CliRunner().invoke(cli, ["users", "grant", user, name, "OWNER"]), "OWNER")
+    monkeypatch.setenv("PRUNE_TRACKER_NEW_USER_PASSWORD", "short")
+    _one_line_error(CliRunner().invoke(cli, ["users", "add", f"{user}-2"]), "needs >= 12")
+    with team_server.login(User(user, password)):
+        client = MlflowClient(team_server.uri)
+        run = client.create_run(experiment_id)
+        client.set_terminated(run.info.run_id)
+        assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_cli_choices_and_defaults_are_the_library_s():
+    grant_choices = next(p for p in cli.commands["users"].commands["grant"].params if p.name == "permission")
+    default = next(p for p in cli.commands["server"].params if p.name == "default_permission")
+    assert tuple(grant_choices.type.choices) == team.PERMISSIONS
+    assert set(default.type.choices) == set(team.PERMISSIONS) - {"DENY"}
+    defaults = {p.name: p.default for p in cli.commands["server"].params}
+    config = team.ServerConfig()
+    for name in ("host", "port", "pg_port", "workers", "auth", "artifacts_destination", "allowed_hosts",
+                 "default_permission", "auth_cache_ttl"):
+        assert defaults[name] == getattr(config, name), name
+
+
+@pytest.mark.e2e
+def test_prune_entry_point_through_mlflow_run_as_a_granted_user(team_server, tmp_path, monkeypatch):
+    experiment_id = _new_experiment(team_server, "team-prune")
+    with team_server.login(team_server.admin):
+        experiment = MlflowClient(team_server.uri).get_experiment(experiment_id).name
+    worker = team_server.create_user()
+    team_server.grant(worker, experiment_id, "EDIT")
+    model_file = tmp_path / "resnet20.pt"
+    torch.save(build_model("resnet20").state_dict(), model_file)
+    for name, value in team_server.client_env(worker).items():
+        monkeypatch.setenv(name, value)
+    assert_ok(mlflow_run("prune", {**TINY_PRUNE, "model_uri": str(model_file), "precisions": ""}, experiment=experiment,
+                         tracking_uri=team_server.uri))
+    with team_server.login(worker):
+        client = MlflowClient(team_server.uri)
+        (run,) = client.search_runs([experiment_id])
+        assert run.info.status == "FINISHED" and run.data.tags["stage"] == "prune"
+        assert "footprint_best_bytes" in run.data.metrics
+        assert tracking.load_model(f"runs:/{run.info.run_id}/model").model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{what} not within {timeout:.0f} s")
+
+
+@contextmanager
+def _moto_s3(bucket: str) -> Iterator[dict[str, str]]:
+    """A local S3 stand-in (moto) with one bucket; yields the server-side environment that reaches it."""
+    port = team.free_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+        _wait_for(lambda: _s3_ready(s3), 60, "moto S3 server")
+        s3.create_bucket(Bucket=bucket)
+        yield env
+    finally:
+        team.stop_process_group(proc)
+
+
+def _s3_ready(s3) -> bool:
+    try:
+        s3.list_buckets()
+    except Exception:  # noqa: BLE001 - not listening yet
+        return False
+    return True
+
+
+def _s3_keys(env: dict[str, str], bucket: str) -> list[str]:
+    s3 = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
+    return [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_the_script_equivalent_runs_auth_and_s3_artifacts_and_stops_everything(monkeypatch):
+    """scripts/team-server.sh with --auth and an S3 artifacts destination (moto): only the server holds the S3
+    settings; a client without them logs an artifact through the server; SIGTERM stops server and cluster."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    root = Path(tempfile.mkdtemp(prefix="prune-tracker-script-server-"))
+    root.chmod(0o711)
+    port, pg_port, bucket = team.free_port(), team.free_port(), "team-artifacts"
+    admin = User("admin", secrets.token_urlsafe(16))
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        with _moto_s3(bucket) as s3_env:
+            env = {**os.environ, **s3_env, "PYTHON": sys.executable, "MLFLOW_AUTH_ADMIN_PASSWORD": admin.password,
+                   "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
+            cmd = [str(PROJECT_ROOT / "scripts" / "team-server.sh"), "--auth", "--root", str(root), "--port", str(port),
+                   "--pg-port", str(pg_port), "--workers", "1", "--artifacts-destination", f"s3://{bucket}/mlflow"]
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                _wait_for(lambda: proc.poll() is not None or team.check_server(uri).ok, 180, "health")
+                check = team.check_server(uri, admin.name, admin.password)
+                assert (check.health, check.version, check.auth[:2]) == ("OK", mlflow.__version__, "on")
+                monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", admin.name)
+                monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin.password)
+                client = MlflowClient(uri)
+                run = client.create_run(client.create_experiment("s3-artifacts"))
+                client.log_text(run.info.run_id, "pruned", "notes/hello.txt")
+                assert any(key.endswith("notes/hello.txt") for key in _s3_keys(s3_env, bucket))
+                assert admin.password not in "".join(p.read_text(errors="replace") for p in root.iterdir()
+                                                      if p.is_file() and p.name != "mlflow-server.log")
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                output = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 0, output
+        assert f"team server {uri} (auth on" in output
+        assert not (root / "postgres" / "data" / "postmaster.pid").exists(), "PostgreSQL still running"
+        assert not team.check_server(uri).ok
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def test_a_start_that_fails_leaves_nothing_running():
+    """The server never gets healthy (timeout 0): its process group and the cluster it started are stopped."""
+    root = Path(tempfile.mkdtemp(prefix="prune-tracker-failed-server-"))
+    root.chmod(0o711)
+    config = team.ServerConfig(root=root, port=team.free_port(), pg_port=team.free_port(), workers=1)
+    try:
+        with pytest.raises(team.ServerError, match="not healthy after 0 s"):
+            team.start_team_server(config, timeout=0)
+        cluster = team.PostgresCluster(root, config.pg_port)
+        assert cluster.initialized and cluster.running_port() is None
+        assert not any(str(root) in " ".join(_cmdline(pid)) for pid in _pids()), "a server process survived"
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
