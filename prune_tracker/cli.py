@@ -808,12 +808,15 @@ def _prune_base(model_uri: str, kw: dict[str, Any]):
 @option("target_bytes", default="", help="comma-separated footprint targets (e.g. 100KB,200KB) instead of ratios: "
                                          "each trial searches the ratio reaching one")
 @option("seeds", default="0", help="comma-separated pruning / fine-tuning seeds (the split stays the base run's)")
+@bool_option("--baselines", default=False,
+             help="also train a dense-small baseline per finished trial: at most its bytes, the same total epochs")
 @executor_options
 @data_options(inherit=True)
 @click.pass_context
 @handle_errors
-def sweep(ctx: click.Context, model_uri: str, methods: str, ratios: str, target_bytes: str, seeds: str, executor: str,
-          ray_address: str, ray_num_cpus: int, cpus_per_trial: int, option_pairs: tuple[str, ...], **kw) -> None:
+def sweep(ctx: click.Context, model_uri: str, methods: str, ratios: str, target_bytes: str, seeds: str, baselines: bool,
+          executor: str, ray_address: str, ray_num_cpus: int, cpus_per_trial: int, option_pairs: tuple[str, ...],
+          **kw) -> None:
     """Prune one base model with methods x ratios (or target_bytes) x seeds x recipe options (extra `--name a,b`:
     prune's recipe options and method options), each trial a prune run nested under a stage=sweep run; finished
     trials are reused, a failed one is retried once; ends with compare over the trials."""
@@ -823,7 +826,7 @@ def sweep(ctx: click.Context, model_uri: str, methods: str, ratios: str, target_
     base, run = _prune_base(model_uri, kw)
     config = SweepConfig(base, _split_list(methods), parse_ratios(ratios), parse_target_bytes(target_bytes),
                          parse_seed_list(seeds), recipe_axes, option_axes, executor, ray_address or None,
-                         ray_num_cpus or None, cpus_per_trial, run.run_name, log=click.echo)
+                         ray_num_cpus or None, cpus_per_trial, run.run_name, baselines=baselines, log=click.echo)
     result = run_sweep(config)
     reused = sum(t.reused for t in result.trials)
     click.echo(f"sweep run {result.run_id} finished: {len(result.finished)} trials ({reused} reused)")

@@ -9,7 +9,7 @@ it as the run params `lr`, `schedule`, `epochs` and `warmup_fraction` (`asdict(T
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from .training import FINETUNE_SCHEDULES, SCHEDULES, TrainConfig
@@ -68,3 +68,22 @@ def finetune_recipe(
     recipe = replace(config, **fields)
     recipe.validate()
     return recipe
+
+
+def logged_train_config(params: Mapping[str, Any]) -> TrainConfig:
+    """The TrainConfig a train run logged (`asdict(TrainConfig)` as MLflow params, i.e. strings): each field
+    converted to its annotated type; fields the run did not log keep their defaults."""
+    values: dict[str, Any] = {}
+    for spec in fields(TrainConfig):
+        raw, kind = params.get(spec.name), str(spec.type)  # annotations are strings (postponed evaluation)
+        if raw in (None, "", "None"):
+            continue
+        if kind == "bool":
+            values[spec.name] = str(raw).lower() == "true"
+        elif kind == "int":
+            values[spec.name] = int(float(raw))
+        elif kind.startswith("float"):
+            values[spec.name] = float(raw)
+        else:
+            values[spec.name] = str(raw)
+    return TrainConfig(**values)

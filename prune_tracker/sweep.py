@@ -38,6 +38,7 @@ from .jobs import DataOptions, Recovery, RunOptions, prune_model
 from .pipeline import PipelineError, step_key
 from .pruning import get_method, validate_ratio
 from .quant import PRECISIONS, validate_precisions, validate_qat
+from .recipes import logged_train_config
 from .seeds import parse_seeds
 from .tracking import trials as trial_runs
 from .training import TrainConfig
@@ -574,12 +575,59 @@ def collect_orphans(experiment_name: str, log: Callable[[str], None] = print) ->
         log(f"[gc] run {orphan.run_id} ({orphan.run_name}) marked KILLED: {orphan.reason}")
 
 
+def run_baselines(results: Sequence[TrialResult], base: PruneBase, experiment_id: str, footprint: str,
+                  log: Callable[[str], None] = print) -> list[str]:
+    """`baselines=true`: for each FINISHED trial a dense-small model (the base's arch at the largest width whose
+    dense bytes are at most the trial's, in compare's footprint metric) trained from scratch with the base run's
+    own recipe for the trial's total budget (base epochs + fine-tuning epochs + the method's own retraining);
+    trials that land on the same (arch, width, epochs) share one. Each is a `stage=train` run tagged
+    `baseline=dense-small`, nested under the sweep's run; one that already FINISHED for the same base, width and
+    budget is reused. Returns the baselines' run ids."""
+    from .baselines import dense_small_baseline, size_dense_small
+    from .jobs import inherit_split
+    from .pipeline import baseline_target_metric
+
+    finished = [r for r in results if r.status == FINISHED and r.run_id]
+    if not finished:
+        return []
+    base_run = tracking.resolve_run_id(base.model_uri)
+    base_params = tracking.run_params(base_run)
+    recipe, arch = logged_train_config(base_params), base_params.get("arch", "")
+    num_classes = int(float(base_params.get("num_classes", 10)))
+    metric = baseline_target_metric(footprint)
+    planned: dict[tuple[str, float, float], Any] = {}
+    for trial in finished:
+        metrics, params = tracking.run_metrics(trial.run_id), tracking.run_params(trial.run_id)
+        if metric not in metrics:
+            raise ValueError(f"trial run {trial.run_id} logged no {metric} to size a dense-small baseline by")
+        epochs = (recipe.epochs + float(params.get("finetune_epochs") or 0)
+                  + metrics.get("method_finetune_epochs", 0.0))
+        sized = size_dense_small(metrics[metric], metric, [arch], num_classes)
+        planned.setdefault((sized.arch, sized.width, epochs), sized)
+    data = inherit_split(base.data, base_params)
+    run = RunOptions(base.experiment_name, base.device, progress=False, nested=True, precisions=base.precisions)
+    baselines = []
+    for (arch_name, width, epochs), sized in planned.items():
+        tags = {k: v for k, v in sized.tags(epochs, base_run).items() if k != "baseline_target_bytes"}
+        reused = trial_runs.finished_run_with_tags(experiment_id, tags)
+        if reused:
+            log(f"[sweep] dense-small {arch_name} w{width:g} {epochs:g} epochs: reused run {reused}")
+            baselines.append(reused)
+            continue
+        run_id, _ = dense_small_baseline(sized.target_bytes, epochs, data, recipe, run, num_classes=num_classes,
+                                         base_run_id=base_run, sized=sized)
+        log(f"[sweep] dense-small {arch_name} w{width:g} {epochs:g} epochs: run {run_id}")
+        baselines.append(run_id)
+    return baselines
+
+
 def compare_trials(results: Iterable[TrialResult], experiment_id: str, stage: str, study_run_id: str,
-                   **options: Any):
-    """`compare` over the FINISHED trials' runs, as a run nested under the study's run; None when none finished."""
+                   baseline_run_ids: Sequence[str] = (), **options: Any):
+    """`compare` over the FINISHED trials' runs (and the dense-small baselines), as a run nested under the study's
+    run; None when none finished."""
     from .compare import run_compare
 
-    finished = [r.run_id for r in results if r.status == FINISHED and r.run_id]
+    finished = [r.run_id for r in results if r.status == FINISHED and r.run_id] + list(baseline_run_ids)
     if not finished:
         return None
     name = trial_runs.experiment_name(experiment_id)
@@ -625,6 +673,7 @@ class SweepConfig:
     run_name: str | None = None
     metric: str = "val_accuracy"
     footprint: str = "footprint_best_bytes"
+    baselines: bool = False  # a dense-small baseline per finished trial (see `run_baselines`)
     log: Callable[[str], None] = field(default=print, repr=False)
 
     def expand(self) -> list[TrialSpec]:
@@ -643,7 +692,8 @@ class SweepConfig:
                 "ratios": "" if self.target_bytes else ",".join(f"{r:g}" for r in self.ratios),
                 "target_bytes": ",".join(map(str, self.target_bytes)), "seeds": ",".join(map(str, self.seeds)),
                 "executor": self.executor, "ray_address": self.ray_address or "", "cpus_per_trial": self.cpus_per_trial,
-                "n_trials": n_trials, "precisions": ",".join(self.base.precisions), **self.base.data.logged(),
+                "n_trials": n_trials, "precisions": ",".join(self.base.precisions), "baselines": self.baselines,
+                **self.base.data.logged(),
                 **{f"axis.{k}": ",".join(map(str, v)) for k, v in self.recipe_axes.items()},
                 **{f"option.{k}": v for k, v in self.option_axes.items()}}
 
@@ -686,7 +736,8 @@ def run_sweep(config: SweepConfig) -> SweepResult:
             runner.close()
         results = runner.ordered()
         wall = time.perf_counter() - started
-        outcome = compare_trials(results, experiment_id, "sweep", run_id, metric=config.metric,
+        baselines = run_baselines(results, base, experiment_id, config.footprint, log) if config.baselines else []
+        outcome = compare_trials(results, experiment_id, "sweep", run_id, baselines, metric=config.metric,
                                  footprint=config.footprint)
         if outcome is not None:
             log(outcome.table)

@@ -88,6 +88,7 @@ def test_sweep_and_search_cli_defaults_equal_their_configs():
     assert search["methods"] == ",".join(DEFAULT_METHODS) and search["trials"] == searching.trials
     for name in ("executor", "cpus_per_trial"):
         assert same(sweep[name], getattr(config, name)) and same(search[name], getattr(searching, name)), name
+    assert same(sweep["baselines"], config.baselines)
     assert same(search["footprint"], searching.footprint) and same(search["sampler_seed"], searching.seed)
 
 

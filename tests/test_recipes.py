@@ -60,3 +60,14 @@ def test_bad_recipes(schedule, params, message) -> None:
 def test_bad_distillation_in_a_recipe() -> None:
     with pytest.raises(ValueError, match=r"distill_alpha=2 must be in \[0, 1\]"):
         finetune_recipe(TrainConfig(), distill_alpha=2)
+
+
+def test_a_train_runs_logged_params_give_back_its_recipe():
+    from dataclasses import asdict
+
+    from prune_tracker.recipes import logged_train_config
+
+    recipe = TrainConfig(epochs=0.5, batch_size=64, lr=0.1, resize_schedule="16:0.3,24:0.4", nesterov=False,
+                         rewind_fraction=0.25, width=0.5, seed=3)
+    assert logged_train_config({k: str(v) for k, v in asdict(recipe).items()}) == recipe  # MLflow params: strings
+    assert logged_train_config({"epochs": "19.0"}) == TrainConfig(epochs=19.0)  # the rest: defaults

@@ -236,6 +236,28 @@ def test_local_sweep_three_finished_one_failed_then_reuse(base_uri):
     assert len(runs_of("sweep-local", "prune")) == 5, "no new run for a reused trial"
 
 
+def test_sweep_baselines_train_one_dense_small_per_size_with_the_total_budget(base_uri):
+    base = PruneBase(base_uri, DataOptions(None, None, None, None, None), precisions=(), device="cpu",
+                     experiment_name="sweep-baselines")
+    config = SweepConfig(base, ["global_l1"], [0.5, 0.8], recipe_axes={**FAST, "finetune_epochs": [0.5]},
+                         baselines=True)
+    result = run_sweep(config)
+    baselines = runs_of("sweep-baselines", "train")
+    assert len(baselines) == 2, "one per distinct size"
+    base_params = MlflowClient().get_run(base_uri.split("/")[1]).data.params
+    for trial, run in zip(result.trials, baselines, strict=True):
+        assert run.data.tags["baseline"] == "dense-small" and run.data.tags["mlflow.parentRunId"] == result.run_id
+        assert run.data.params["arch"] == "resnet8" and float(run.data.params["width"]) < 1
+        assert float(run.data.params["epochs"]) == float(base_params["epochs"]) + 0.5, "equal total budget"
+        assert run.data.params["lr"] == base_params["lr"], "the base run's own recipe"
+        pruned_bytes = MlflowClient().get_run(trial.run_id).data.metrics["footprint_best_bytes"]
+        assert run.data.metrics["footprint_best_bytes"] <= pruned_bytes
+    assert {r.info.run_id for r in baselines} <= {p.run_id for p in result.compare.candidates}
+    again = run_sweep(config)
+    assert len(runs_of("sweep-baselines", "train")) == 2, "finished baselines are reused"
+    assert all(t.reused for t in again.trials)
+
+
 def test_ray_sweep_on_two_cpus(base_uri):
     ray = pytest.importorskip("ray")
     started = time.perf_counter()

@@ -111,3 +111,11 @@ def run_ids_filter(run_ids: Iterable[str]) -> str:
     if not ids:
         raise ValueError("no runs to filter on")
     return "attributes.run_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")"
+
+
+def finished_run_with_tags(experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    """The newest FINISHED run of the experiment carrying all of `tags` (exact values), or None."""
+    conditions = [f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'FINISHED'"]
+    runs = MlflowClient().search_runs([experiment_id], " and ".join(conditions), max_results=1,
+                                      order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None
