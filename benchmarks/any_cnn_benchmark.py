@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import cpu_kind, cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 from prune_tracker.data import BatchLoader, load_splits  # noqa: E402
 from prune_tracker.footprint import measure_footprint  # noqa: E402
@@ -65,16 +65,7 @@ def parse_args() -> argparse.Namespace:
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    flags = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        text = cpuinfo.read_text()
-        name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                    platform.processor())
-        flags = " with AVX512_BF16" if "avx512_bf16" in text else (" with AVX2" if "avx2" in text else "")
-    else:
-        name = platform.processor()
-    return f"{torch.get_num_threads()}-thread {name}{flags}"
+    return f"{torch.get_num_threads()}-thread {cpu_model()} with {cpu_kind()}"
 
 
 def test_accuracy(model: nn.Module, splits, device: torch.device) -> float:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import re
 import statistics
 import sys
@@ -34,6 +33,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import where  # noqa: E402  (benchmarks/machine.py)
 
 from prune_tracker import jobs, tracking  # noqa: E402
 from prune_tracker.training import TrainConfig, resolve_device  # noqa: E402
@@ -52,16 +53,6 @@ RECIPES = {  # name -> Recovery fields (the budget sets finetune_epochs; iterati
     "distill+rewind": {"finetune_schedule": "rewind", "distill_alpha": 0.7},
     "iterative+rewind": {"finetune_schedule": "rewind", "rounds": 3},
 }
-
-
-def cpu_kind() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    kind = "AVX512_BF16" if "avx512_bf16" in flags else ("AVX2" if "avx2" in flags else platform.machine())
-    return f"{torch.get_num_threads()}-thread CPU, {kind}"
-
-
-def where(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_kind()
 
 
 def method_options(text: str) -> dict[str, str]:

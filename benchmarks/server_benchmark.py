@@ -20,7 +20,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import secrets
 import shutil
 import statistics
@@ -31,20 +30,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import cpu_kind, cpu_model  # noqa: E402  (benchmarks/machine.py)
 
 METRICS, STEPS, PARAMS = 50, 5, 12
 
 
 def cpu_name() -> str:
-    """Model name, plus the widest AVX-512 feature this benchmark's readers ask about."""
-    name, flags = platform.processor() or "unknown", set()
-    with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    return f"{name} ({'AVX512_BF16' if 'avx512_bf16' in flags else 'no AVX512_BF16'})"
+    return f"{cpu_model()} ({cpu_kind()})"
 
 
 def one_run(client, experiment_id: str, index: int) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -35,20 +34,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import where  # noqa: E402  (benchmarks/machine.py)
+
 from prune_tracker import jobs, tracking  # noqa: E402
 from prune_tracker.baselines import dense_small_baseline, size_dense_small  # noqa: E402
 from prune_tracker.seeds import fmt_mean_std, mean_std, parse_seeds  # noqa: E402
 from prune_tracker.training import TrainConfig, resolve_device  # noqa: E402
-
-
-def cpu_kind() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    kind = "AVX512_BF16" if "avx512_bf16" in flags else ("AVX2" if "avx2" in flags else platform.machine())
-    return f"{torch.get_num_threads()}-thread CPU, {kind}"
-
-
-def where(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_kind()
 
 
 def base_recipe(args: argparse.Namespace, seed: int) -> TrainConfig:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,20 +27,11 @@ os.chdir(_STORE)  # a SQLite store puts artifacts under ./mlruns of the working 
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import cpu_kind, cpu_model  # noqa: E402  (benchmarks/machine.py)
+
 from prune_tracker.jobs import DataOptions, RunOptions, train  # noqa: E402
 from prune_tracker.sweep import PruneBase, SweepConfig, run_sweep  # noqa: E402
 from prune_tracker.training import TrainConfig  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                flags = Path("/proc/cpuinfo").read_text()
-                return line.split(":", 1)[1].strip() + (" (AVX512_BF16)" if "avx512_bf16" in flags else "")
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def base_model(args: argparse.Namespace) -> str:
@@ -80,7 +70,7 @@ def main() -> None:
     parser.add_argument("--base-epochs", type=float, default=1.0)
     args = parser.parse_args()
     args.precisions = [p for p in args.precisions.split(",") if p]
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; store {_STORE}")
+    print(f"CPU: {cpu_model()} ({cpu_kind()}), {os.cpu_count()} cores; torch {torch.__version__}; store {_STORE}")
     base_uri = base_model(args)
     n = len(args.methods.split(",")) * len(args.ratios.split(",")) * len(args.seeds.split(","))
     print(f"grid: {args.methods} x ratios {args.ratios} x seeds {args.seeds} = {n} trials of ResNet-20 on synthetic "
