@@ -18,7 +18,7 @@ budget?" (Blalock et al. 2020; Liu et al. 2019).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from torch import nn
@@ -108,6 +108,17 @@ def size_dense_small(
         raise ValueError(f"no dense model fits target {target_bytes:.0f} bytes in {target_metric}: the smallest, "
                          f"{arch} at width 1/{WIDTH_GRID}, is {size:.0f} bytes")
     return best
+
+
+def size_for_pruned_run(run_id: str, metrics: Mapping[str, float], base_epochs: float, finetune_epochs: float,
+                        target_metric: str, arch: str, num_classes: int) -> tuple[float, DenseSmall]:
+    """The baseline of one pruned run: its total budget (base epochs + fine-tuning epochs + the method's own
+    retraining, `method_finetune_epochs`) and the `arch` model at most its `target_metric` bytes. ValueError (one
+    line) when the run logged no such metric or nothing fits."""
+    if target_metric not in metrics:
+        raise ValueError(f"prune run {run_id} logged no {target_metric} to size a dense-small baseline by")
+    epochs = base_epochs + finetune_epochs + metrics.get("method_finetune_epochs", 0.0)
+    return epochs, size_dense_small(metrics[target_metric], target_metric, [arch], num_classes)
 
 
 def _dense(arch: str, num_classes: int, width: float) -> nn.Module:

@@ -233,7 +233,7 @@ def _baseline_steps(config: PipelineConfig, steps: _Steps, result: PipelineResul
     """A dense-small baseline per finished prune step, at most its bytes and trained for its total budget (base
     epochs + fine-tuning epochs + the method's own retraining); prune steps whose baseline comes out the same
     (arch, width, epochs) share one baseline run."""
-    from .baselines import DenseSmall, dense_small_baseline, size_dense_small
+    from .baselines import DenseSmall, dense_small_baseline, size_for_pruned_run
 
     metric = baseline_target_metric(config.footprint)
     num_classes = int(float(tracking.run_params(base).get("num_classes", 10)))
@@ -241,12 +241,9 @@ def _baseline_steps(config: PipelineConfig, steps: _Steps, result: PipelineResul
     for label, run_id in pruned.items():
         if run_id is None:
             continue  # the failed prune step is reported already
-        metrics = tracking.run_metrics(run_id)
-        epochs = config.train.epochs + config.finetune_epochs + metrics.get("method_finetune_epochs", 0.0)
         try:
-            if metric not in metrics:
-                raise ValueError(f"prune run {run_id} logged no {metric} to size a dense-small baseline by")
-            sized = size_dense_small(metrics[metric], metric, [config.arch], num_classes)
+            epochs, sized = size_for_pruned_run(run_id, tracking.run_metrics(run_id), config.train.epochs,
+                                                config.finetune_epochs, metric, config.arch, num_classes)
         except ValueError as err:
             name = f"baseline-for-{label}{suffix}"
             result.failed[name] = str(err).splitlines()[0]

@@ -583,7 +583,7 @@ def run_baselines(results: Sequence[TrialResult], base: PruneBase, experiment_id
     trials that land on the same (arch, width, epochs) share one. Each is a `stage=train` run tagged
     `baseline=dense-small`, nested under the sweep's run; one that already FINISHED for the same base, width and
     budget is reused. Returns the baselines' run ids."""
-    from .baselines import dense_small_baseline, size_dense_small
+    from .baselines import dense_small_baseline, size_for_pruned_run
     from .jobs import inherit_split
     from .pipeline import baseline_target_metric
 
@@ -597,12 +597,9 @@ def run_baselines(results: Sequence[TrialResult], base: PruneBase, experiment_id
     metric = baseline_target_metric(footprint)
     planned: dict[tuple[str, float, float], Any] = {}
     for trial in finished:
-        metrics, params = tracking.run_metrics(trial.run_id), tracking.run_params(trial.run_id)
-        if metric not in metrics:
-            raise ValueError(f"trial run {trial.run_id} logged no {metric} to size a dense-small baseline by")
-        epochs = (recipe.epochs + float(params.get("finetune_epochs") or 0)
-                  + metrics.get("method_finetune_epochs", 0.0))
-        sized = size_dense_small(metrics[metric], metric, [arch], num_classes)
+        finetune_epochs = float(tracking.run_params(trial.run_id).get("finetune_epochs") or 0)
+        epochs, sized = size_for_pruned_run(trial.run_id, tracking.run_metrics(trial.run_id), recipe.epochs,
+                                            finetune_epochs, metric, arch, num_classes)
         planned.setdefault((sized.arch, sized.width, epochs), sized)
     data = inherit_split(base.data, base_params)
     run = RunOptions(base.experiment_name, base.device, progress=False, nested=True, precisions=base.precisions)
