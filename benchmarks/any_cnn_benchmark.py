@@ -32,11 +32,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import cpu_kind, cpu_model  # noqa: E402  (benchmarks/machine.py)
 
-from prune_tracker.data import BatchLoader, load_splits  # noqa: E402
-from prune_tracker.footprint import measure_footprint  # noqa: E402
-from prune_tracker.models import build_model  # noqa: E402
-from prune_tracker.pruning import PruneContext, get_method, make_permanent  # noqa: E402
-from prune_tracker.training import TrainConfig, Trainer, evaluate, finetune_fn, fit, resolve_device  # noqa: E402
+from prune_tracker.core.data import BatchLoader, load_splits  # noqa: E402
+from prune_tracker.core.footprint import measure_footprint  # noqa: E402
+from prune_tracker.core.models import build_model  # noqa: E402
+from prune_tracker.core.pruning import PruneContext, get_method, make_permanent  # noqa: E402
+from prune_tracker.core.training import TrainConfig, Trainer, evaluate, finetune_fn, fit, resolve_device  # noqa: E402
 
 FOOTPRINT_KEYS = ("params_total", "params_nonzero", "footprint_fp32_bytes", "footprint_best_bytes", "flops_dense",
                   "flops_effective", "activation_peak_fp16_bytes")

@@ -24,9 +24,9 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prune_tracker import compare  # noqa: E402
-from prune_tracker.footprint import FORMATS  # noqa: E402
-from prune_tracker.frontier import pareto_front  # noqa: E402
+from prune_tracker.analysis import compare  # noqa: E402
+from prune_tracker.core.footprint import FORMATS  # noqa: E402
+from prune_tracker.core.frontier import pareto_front  # noqa: E402
 from prune_tracker.tracking.queries import RunQuery, query_runs  # noqa: E402
 
 EXPERIMENT = "bench"

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from prune_tracker.data import BatchLoader, load_splits
-from prune_tracker.models import build_model
-from prune_tracker.training import TrainConfig, Trainer, resolve_device
+from prune_tracker.core.data import BatchLoader, load_splits
+from prune_tracker.core.models import build_model
+from prune_tracker.core.training import TrainConfig, Trainer, resolve_device
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from torch import nn
 
-from prune_tracker.footprint import format_table, measure_footprint
-from prune_tracker.models import build_model
+from prune_tracker.core.footprint import format_table, measure_footprint
+from prune_tracker.core.models import build_model
 
 
 def _timed(model: nn.Module, directory: Path) -> tuple[float, dict[str, float]]:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import where  # noqa: E402  (benchmarks/machine.py)
 
 from prune_tracker import jobs, tracking  # noqa: E402
-from prune_tracker.training import TrainConfig, resolve_device  # noqa: E402
+from prune_tracker.core.training import TrainConfig, resolve_device  # noqa: E402
 
 ANCHORS = """Published anchors (CIFAR-10, official data; this lab uses a JPEG copy, so compare drops, not levels):
 - Renda et al. 2020 (learning-rate rewinding, unstructured): ResNet-20 79% sparse +0.02 pt, 89% -0.96 pt;

@@ -31,8 +31,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prune_tracker.models import build_model, count_params  # noqa: E402
-from prune_tracker.pruning import (  # noqa: E402
+from prune_tracker.core.models import build_model, count_params  # noqa: E402
+from prune_tracker.core.pruning import (  # noqa: E402
     PruneContext,
     channel_ratio_for_param_reduction,
     get_method,
@@ -43,16 +43,16 @@ from prune_tracker.pruning import (  # noqa: E402
 
 
 def load_data(dataset: str, data_dir: str | None, train_subset: int, val_size: int, seed: int):
-    """Adapter to prune_tracker.data (the lead's loader): train/val/test splits of uint8 tensors."""
-    from prune_tracker.data import load_splits
+    """Adapter to prune_tracker.core.data (the lead's loader): train/val/test splits of uint8 tensors."""
+    from prune_tracker.core.data import load_splits
 
     return load_splits(dataset, data_dir, train_subset=train_subset, val_size=val_size, seed=seed)
 
 
 def make_context(splits, args: argparse.Namespace, device: torch.device) -> tuple[PruneContext, Any]:
-    """PruneContext on top of prune_tracker.data / prune_tracker.training; also returns test_accuracy."""
-    from prune_tracker.data import BatchLoader, ImageSet
-    from prune_tracker.training import TrainConfig, evaluate, finetune_fn
+    """PruneContext on top of prune_tracker.core.data / prune_tracker.core.training; also returns test_accuracy."""
+    from prune_tracker.core.data import BatchLoader, ImageSet
+    from prune_tracker.core.training import TrainConfig, evaluate, finetune_fn
 
     calib = ImageSet(splits.train.images[: args.calib_images], splits.train.labels[: args.calib_images])
     calib_loader = BatchLoader(calib, 256, splits.mean, splits.std, device=device, channels_last=False)

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import where  # noqa: E402  (benchmarks/machine.py)
 
 from prune_tracker import jobs, tracking  # noqa: E402
-from prune_tracker.baselines import dense_small_baseline, size_dense_small  # noqa: E402
-from prune_tracker.seeds import fmt_mean_std, mean_std, parse_seeds  # noqa: E402
-from prune_tracker.training import TrainConfig, resolve_device  # noqa: E402
+from prune_tracker.core.seeds import fmt_mean_std, mean_std, parse_seeds  # noqa: E402
+from prune_tracker.core.training import TrainConfig, resolve_device  # noqa: E402
+from prune_tracker.studies.baselines import dense_small_baseline, size_dense_small  # noqa: E402
 
 
 def base_recipe(args: argparse.Namespace, seed: int) -> TrainConfig:
@@ -47,21 +47,22 @@ def base_recipe(args: argparse.Namespace, seed: int) -> TrainConfig:
                        resize_schedule=args.resize_schedule, seed=seed)
 
 
-def run_options(args: argparse.Namespace) -> jobs.RunOptions:
-    return jobs.RunOptions(args.experiment, args.device, progress=False,
-                           precisions=tuple(p for p in args.precisions.split(",") if p))
+def run_options(args: argparse.Namespace) -> jobs.RunSpec:
+    return jobs.RunSpec(args.experiment, args.device, progress=False,
+                        precisions=tuple(p for p in args.precisions.split(",") if p))
 
 
-def data_options(args: argparse.Namespace, seed: int | None) -> jobs.DataOptions:
-    if seed is None:  # derived runs take the base's split
-        return jobs.DataOptions(None, args.data_dir, None, None, None)
-    return jobs.DataOptions(args.dataset, args.data_dir, args.train_subset, args.val_size, seed)
+def data_options(args: argparse.Namespace, inherited: bool = False) -> jobs.DataSpec:
+    """The study's split (one split for every seed: the seeds vary training, pruning and fine-tuning)."""
+    if inherited:  # derived runs take the base's split
+        return jobs.DataSpec.inherited(args.data_dir)
+    return jobs.DataSpec(args.dataset, args.data_dir, args.train_subset, args.val_size, 0)
 
 
 def one_seed(args: argparse.Namespace, seed: int, factors: list[float]) -> list[dict[str, Any]]:
     """The base of one seed, then a pruned model and a dense-small baseline per factor."""
     started = time.perf_counter()
-    base = jobs.train(args.arch, data_options(args, seed), base_recipe(args, seed), run_options(args))
+    base = jobs.train(jobs.TrainSpec(args.arch, data_options(args), base_recipe(args, seed), run_options(args)))
     base_metrics = tracking.run_metrics(base)
     print(f"seed {seed}: base {base} test {base_metrics['test_accuracy']:.4f} "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
@@ -71,14 +72,14 @@ def one_seed(args: argparse.Namespace, seed: int, factors: list[float]) -> list[
         target = base_metrics[args.target_metric] / factor
         started = time.perf_counter()
         finetune = replace(base_recipe(args, seed), epochs=args.finetune_epochs, lr=0.01, schedule="cosine")
-        pruned = jobs.prune_model(f"runs:/{base}/model", "lamp", 0.5, data_options(args, None), finetune,
-                                  run_options(args), args.finetune_epochs, target_bytes=int(target),
-                                  target_metric=args.target_metric,
-                                  recovery=jobs.Recovery(finetune_schedule="rewind"))
+        pruned = jobs.prune_model(jobs.PruneSpec(
+            f"runs:/{base}/model", "lamp", finetune_epochs=args.finetune_epochs, target_bytes=int(target),
+            target_metric=args.target_metric, data=data_options(args, inherited=True), train=finetune,
+            recovery=jobs.Recovery(finetune_schedule="rewind"), run=run_options(args)))
         pruned_seconds = time.perf_counter() - started
         sized = size_dense_small(target, args.target_metric, args.baseline_archs.split(","), num_classes)
         started = time.perf_counter()
-        dense, _ = dense_small_baseline(target, args.epochs + args.finetune_epochs, data_options(args, seed),
+        dense, _ = dense_small_baseline(target, args.epochs + args.finetune_epochs, data_options(args),
                                         base_recipe(args, seed), run_options(args), num_classes=num_classes,
                                         base_run_id=base, sized=sized)
         p, d = tracking.run_metrics(pruned), tracking.run_metrics(dense)

@@ -29,21 +29,21 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import cpu_kind, cpu_model  # noqa: E402  (benchmarks/machine.py)
 
-from prune_tracker.jobs import DataOptions, RunOptions, train  # noqa: E402
-from prune_tracker.sweep import PruneBase, SweepConfig, run_sweep  # noqa: E402
-from prune_tracker.training import TrainConfig  # noqa: E402
+from prune_tracker.core.training import TrainConfig  # noqa: E402
+from prune_tracker.jobs import DataSpec, RunSpec, TrainSpec, train  # noqa: E402
+from prune_tracker.studies.sweep import PruneBase, SweepConfig, run_sweep  # noqa: E402
 
 
 def base_model(args: argparse.Namespace) -> str:
     torch.set_num_threads(args.cpus)
-    data = DataOptions("synthetic", None, args.train_subset, args.val_size, 0)
+    data = DataSpec("synthetic", None, args.train_subset, args.val_size, 0)
     config = TrainConfig(epochs=args.base_epochs, batch_size=128, lr=0.1)
-    run_id = train("resnet20", data, config, RunOptions("bench-base", "cpu", False, precisions=()))
+    run_id = train(TrainSpec("resnet20", data, config, RunSpec("bench-base", "cpu", False, precisions=())))
     return f"runs:/{run_id}/model"
 
 
 def sweep_seconds(base_uri: str, executor: str, args: argparse.Namespace) -> tuple[float, list[float]]:
-    base = PruneBase(base_uri, DataOptions(None, None, None, None, None), precisions=tuple(args.precisions),
+    base = PruneBase(base_uri, DataSpec.inherited(), precisions=tuple(args.precisions),
                      device="cpu", experiment_name=f"bench-{executor}")
     config = SweepConfig(base, args.methods.split(","), [float(r) for r in args.ratios.split(",")],
                          seeds=[int(s) for s in args.seeds.split(",")],

@@ -16,9 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prune_tracker.data import load_splits  # noqa: E402
-from prune_tracker.models import architecture_spec, build_model  # noqa: E402
-from prune_tracker.training import TrainConfig, Trainer, evaluate, fit, resolve_device, seed_everything  # noqa: E402
+from prune_tracker.core.data import load_splits  # noqa: E402
+from prune_tracker.core.models import architecture_spec, build_model  # noqa: E402
+from prune_tracker.core.training import TrainConfig, Trainer, evaluate, fit, resolve_device, seed_everything  # noqa: E402
 
 
 def main() -> None:

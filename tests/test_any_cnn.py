@@ -25,11 +25,11 @@ from torch import nn
 
 from prune_tracker import tracking
 from prune_tracker.cli import cli
-from prune_tracker.data import BatchLoader, load_splits
-from prune_tracker.models import architecture_spec, build_from_spec, build_model
-from prune_tracker.pruning import PruneContext, get_method, iterative_prune
-from prune_tracker.pruning.channels import n_remove
-from prune_tracker.training import evaluate
+from prune_tracker.core.data import BatchLoader, load_splits
+from prune_tracker.core.models import architecture_spec, build_from_spec, build_model
+from prune_tracker.core.pruning import PruneContext, get_method, iterative_prune
+from prune_tracker.core.pruning.channels import n_remove
+from prune_tracker.core.training import evaluate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_thread")]
 EXPERIMENT = "any-cnn"

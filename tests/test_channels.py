@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from prune_tracker.footprint import measure_footprint
-from prune_tracker.models import architecture_spec, build_from_spec, build_model, count_params
-from prune_tracker.pruning import PruneContext, channels_per_layer, get_method
-from prune_tracker.pruning import stages as stages_mod
-from prune_tracker.pruning.stages import cifar_stages, cut_stages, scoped_param_count
+from prune_tracker.core.footprint import measure_footprint
+from prune_tracker.core.models import architecture_spec, build_from_spec, build_model, count_params
+from prune_tracker.core.pruning import PruneContext, channels_per_layer, get_method
+from prune_tracker.core.pruning import stages as stages_mod
+from prune_tracker.core.pruning.stages import cifar_stages, cut_stages, scoped_param_count
 
 SCOPED = ("li_filters", "thinet", "random_channels", "hybrid", "fm_norm")
 FAST = {"thinet": {"samples": 1600, "per_image": 100}, "fm_norm": {"samples": 16}}  # 16 images, 100 rows each

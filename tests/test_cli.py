@@ -5,6 +5,7 @@ hints that name what the command accepts, resume after an interrupted training r
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import mlflow
 import pytest
@@ -14,9 +15,11 @@ from mlflow.tracking import MlflowClient
 
 from prune_tracker import jobs, tracking
 from prune_tracker.cli import cli
-from prune_tracker.models import build_model
-from prune_tracker.pruning import get_method
-from prune_tracker.training import Trainer
+from prune_tracker.core import flows
+from prune_tracker.core.models import build_model
+from prune_tracker.core.pruning import get_method
+from prune_tracker.core.training import TrainConfig, Trainer
+from prune_tracker.jobs import DataSpec, RunSpec, TrainSpec
 
 QUICK = ["--dataset", "synthetic", "--train-subset", "1000", "--val-size", "200", "--device", "cpu",
          "--no-progress"]
@@ -143,11 +146,16 @@ def test_methods_and_archs_listings():
     assert "thinet" in invoke("methods").output and "resnet56" in invoke("archs").output
 
 
+def _epoch_history(run_id: str, key: str = "epoch_val_accuracy") -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key))
+
+
 def test_resume_after_interruption_reaches_the_same_weights(monkeypatch):
-    data = jobs.DataOptions("synthetic", None, 1000, 200, 0)
-    config = jobs.TrainConfig(epochs=2, batch_size=64, lr=0.1, ema_decay=0.9)
-    run = jobs.RunOptions("resume", "cpu", progress=False)
-    straight = jobs.train("resnet20", data, config, run)
+    """Resuming continues from the checkpoint: the remaining epoch only (a resume that ignored the checkpoint
+    would train both epochs again from the same seed and could reach the same weights), one metric history."""
+    spec = TrainSpec("resnet20", DataSpec("synthetic", None, 1000, 200, 0),
+                     TrainConfig(epochs=2, batch_size=64, lr=0.1, ema_decay=0.9), RunSpec("resume", "cpu", False))
+    straight = jobs.train(spec)
 
     original = Trainer.train_epoch
     calls = {"n": 0}
@@ -160,13 +168,22 @@ def test_resume_after_interruption_reaches_the_same_weights(monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        jobs.train("resnet20", data, config, run)
+        jobs.train(spec)
     killed = MlflowClient().search_runs([mlflow.get_experiment_by_name("resume").experiment_id],
                                         order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert killed.info.status == "KILLED"
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    resumed = jobs.train("resnet20", data, config, run, resume_run_id=killed.info.run_id)
+    assert [step for step, _ in _epoch_history(killed.info.run_id)] == [1]
+    epochs_run = []
+
+    def counted(self):
+        epochs_run.append(self.epochs_done)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", counted)
+    resumed = jobs.train(replace(spec, resume_run_id=killed.info.run_id))
     assert resumed == killed.info.run_id and MlflowClient().get_run(resumed).info.status == "FINISHED"
+    assert epochs_run == [1.0]  # started after the checkpointed epoch
+    assert _epoch_history(resumed) == _epoch_history(straight)
     a = tracking.load_model(f"runs:/{straight}/model").model.state_dict()
     b = tracking.load_model(f"runs:/{resumed}/model").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -231,15 +248,15 @@ def test_main_pipeline_failure_reuse_and_change(monkeypatch):
 
 def test_precisions_qat_and_the_int8_artifact(trained_uri, monkeypatch):
     """prune with QAT measures every precision; the deployable int8 file reloads (no unpickling) and reproduces
-    test_accuracy_int8; w8a8 calibration reads validation images, never test ones."""
+    test_accuracy_int8; w8a8 calibration reads training images, never validation or test ones."""
     calibrated_on = []
-    original_measure = jobs.measure_precisions
+    original_measure = flows.measure_precisions
 
     def recording_measure(model, precisions, evaluate, calibration_batches=None, activation_peak_fp32_bytes=None):
-        calibrated_on.append(sum(len(y) for _, y in calibration_batches()))
+        calibrated_on.append(torch.cat([y for _, y in calibration_batches()]))
         return original_measure(model, precisions, evaluate, calibration_batches, activation_peak_fp32_bytes)
 
-    monkeypatch.setattr(jobs, "measure_precisions", recording_measure)
+    monkeypatch.setattr(flows, "measure_precisions", recording_measure)
     result = invoke("prune", "--model-uri", trained_uri, "--method", "lamp", "--ratio", "0.8", "--finetune-epochs",
                     "0.3", "--qat", "int8", "--device", "cpu", "--no-progress", "--experiment-name", "precisions")
     assert result.exit_code == 0, result.output
@@ -254,8 +271,9 @@ def test_precisions_qat_and_the_int8_artifact(trained_uri, monkeypatch):
     for p in ("int8", "int4"):
         assert abs(metrics[f"file_best_{p}_bytes"] / metrics[f"footprint_best_{p}_bytes"] - 1) < 0.05
 
-    splits = jobs.DataOptions("synthetic", None, 1000, 200, 0).load()
-    assert calibrated_on == [len(splits.val)] and len(splits.val) not in (len(splits.test), len(splits.train))
+    splits = DataSpec("synthetic", None, 1000, 200, 0).load()
+    assert len(calibrated_on) == 1 and torch.equal(calibrated_on[0], splits.train.labels[:flows.CALIBRATION_IMAGES])
+    assert len(splits.train) > flows.CALIBRATION_IMAGES  # a limit, then, and not the validation split's size
 
     evaluated = invoke("evaluate", "--model-uri", f"runs:/{run.info.run_id}/model_int8", "--device", "cpu",
                        "--no-progress", "--precisions", "", "--experiment-name", "precisions")

@@ -24,10 +24,11 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow_server import mlflow_server as _server_fixture  # noqa: E402, F401 (fixture 'mlflow_server')
 from torch import nn  # noqa: E402
 
-from prune_tracker import compare, frontier  # noqa: E402
-from prune_tracker.footprint import FORMATS, StorageFormat  # noqa: E402
-from prune_tracker.footprint.formats import FP32  # noqa: E402
-from prune_tracker.frontier import RunPoint  # noqa: E402
+from prune_tracker.analysis import compare  # noqa: E402
+from prune_tracker.core import frontier  # noqa: E402
+from prune_tracker.core.footprint import FORMATS, StorageFormat  # noqa: E402
+from prune_tracker.core.footprint.formats import FP32  # noqa: E402
+from prune_tracker.core.frontier import RunPoint  # noqa: E402
 from prune_tracker.tracking import queries, registry  # noqa: E402
 from prune_tracker.tracking.queries import RunQuery, query_runs  # noqa: E402
 

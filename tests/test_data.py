@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from prune_tracker.data import (
+from prune_tracker.core.data import (
     AUTO,
     BatchLoader,
     DataError,
@@ -84,7 +84,7 @@ def test_image_folder_and_archive_read_the_same(tmp_path):
     archive = tmp_path / "copy.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "tree" / "cifar-copy", arcname="cifar-copy")
-    from prune_tracker import data as data_module
+    from prune_tracker.core import data as data_module
 
     tree_train, tree_test, classes = data_module._read_image_folder(tmp_path / "tree")
     arch_train, arch_test, arch_classes = data_module._read_archive(archive)
@@ -117,7 +117,7 @@ def test_missing_data_dir_and_bad_file(tmp_path):
 
 
 def test_no_network_download_is_a_one_line_error(monkeypatch):
-    from prune_tracker import data as data_module
+    from prune_tracker.core import data as data_module
 
     def offline(*_a, **_k):
         raise OSError("network unreachable")

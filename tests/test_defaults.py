@@ -12,9 +12,9 @@ import yaml
 from conftest import PROJECT_ROOT
 
 from prune_tracker.cli import cli
-from prune_tracker.pipeline import PipelineConfig
-from prune_tracker.seeds import parse_seeds
-from prune_tracker.training import TrainConfig
+from prune_tracker.core.seeds import parse_seeds
+from prune_tracker.core.training import TrainConfig
+from prune_tracker.studies.pipeline import PipelineConfig
 
 MLPROJECT = yaml.safe_load((PROJECT_ROOT / "MLproject").read_text())["entry_points"]
 
@@ -78,8 +78,8 @@ def test_main_cli_defaults_equal_the_pipeline_config():
 
 
 def test_sweep_and_search_cli_defaults_equal_their_configs():
-    from prune_tracker.search import DEFAULT_METHODS, SearchConfig
-    from prune_tracker.sweep import PruneBase, SweepConfig
+    from prune_tracker.studies.search import DEFAULT_METHODS, SearchConfig
+    from prune_tracker.studies.sweep import PruneBase, SweepConfig
 
     sweep, config = click_defaults("sweep"), SweepConfig(PruneBase("x"))
     assert sweep["methods"] == ",".join(config.methods) and parse_seeds(sweep["seeds"]) == config.seeds
@@ -96,7 +96,7 @@ def test_a_studys_recipe_defaults_equal_the_prune_cli_defaults():
     """A sweep or search trial left alone prunes exactly as `prune-tracker prune` does by default."""
     from dataclasses import asdict
 
-    from prune_tracker.sweep import RECIPE_OPTIONS, Recipe
+    from prune_tracker.studies.sweep import RECIPE_OPTIONS, Recipe
 
     prune, recipe = click_defaults("prune"), Recipe()
     values = {**asdict(recipe.train), **asdict(recipe.recovery), "finetune_epochs": recipe.finetune_epochs,

@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 
 from prune_tracker import tracking
 from prune_tracker.cli import cli
-from prune_tracker.data import load_splits
-from prune_tracker.pruning import get_method, known_methods
-from prune_tracker.training import evaluate
+from prune_tracker.core.data import load_splits
+from prune_tracker.core.pruning import get_method, known_methods
+from prune_tracker.core.training import evaluate
 
 pytestmark = pytest.mark.e2e
 EXPERIMENT = "e2e"

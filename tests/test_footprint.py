@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from prune_tracker.footprint import (
+from prune_tracker.core.footprint import (
     FORMATS,
     Footprint,
     StorageFormat,
@@ -23,9 +23,9 @@ from prune_tracker.footprint import (
     micronet_score,
     parse_bytes,
 )
-from prune_tracker.footprint.formats import FP16, FP32, encode
-from prune_tracker.footprint.micronet import REFERENCE_OPS, REFERENCE_PARAMS
-from prune_tracker.footprint.storage import decode, tensor_row
+from prune_tracker.core.footprint.formats import FP16, FP32, encode
+from prune_tracker.core.footprint.micronet import REFERENCE_OPS, REFERENCE_PARAMS
+from prune_tracker.core.footprint.storage import decode, tensor_row
 
 
 def conv_chain(widths: tuple[int, ...] = (3, 8, 16, 4), strides: tuple[int, ...] = (1, 2, 1)) -> nn.Module:
@@ -355,7 +355,7 @@ def test_flops_dense_by_hand_and_effective_with_zeros():
 
 
 def test_resnet20_flops_and_bn_folding():
-    from prune_tracker.models import build_model
+    from prune_tracker.core.models import build_model
 
     fp = measure_footprint(build_model("resnet20"))
     assert fp.metrics["flops_dense"] == pytest.approx(40.55e6, rel=1e-3)  # MACs, zero-pad shortcuts

@@ -1,46 +1,82 @@
-"""Layering: the numeric core (data, models, training, pruning, footprint, frontier) never imports MLflow.
-
-A fresh interpreter imports each module in turn; the first one after which ``mlflow`` is in ``sys.modules``
-is the one that pulled it in.
-"""
+"""Layering: core -> tracking -> analysis -> jobs -> studies -> cli, checked on the source (every import of a
+prune_tracker module goes to the same or a lower layer) and at run time (the numeric core never imports MLflow: a
+fresh interpreter imports every core module; the first one after which ``mlflow`` is in ``sys.modules`` is the
+culprit)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("prune_tracker.data", "prune_tracker.training", "prune_tracker.frontier")
-PACKAGES = ("prune_tracker.models", "prune_tracker.pruning", "prune_tracker.footprint")  # and all their modules
+PACKAGE = ROOT / "prune_tracker"
+LAYERS = ("core", "tracking", "analysis", "jobs", "studies", "cli")  # each may import itself and those before it
 
 PROBE = """
 import importlib, json, pkgutil, sys
+import prune_tracker.core as core
 
 imported, culprit = [], None
-
-def load(name):
-    global culprit
-    module = importlib.import_module(name)
-    imported.append(name)
+for info in pkgutil.walk_packages(core.__path__, "prune_tracker.core."):
+    importlib.import_module(info.name)
+    imported.append(info.name)
     if culprit is None and "mlflow" in sys.modules:
-        culprit = name
-    return module
-
-for name in {modules}:
-    load(name)
-for package in {packages}:
-    for info in pkgutil.iter_modules(load(package).__path__, package + "."):
-        load(info.name)
-print(json.dumps({{"imported": imported, "culprit": culprit}}))
+        culprit = info.name
+print(json.dumps({"imported": imported, "culprit": culprit}))
 """
 
 
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "prune_tracker" and parts[1] in LAYERS else None
+
+
+def _imports(path: Path, root: Path = ROOT) -> list[str]:
+    """Absolute names of the prune_tracker modules a file imports (relative imports resolved)."""
+    module = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            names += [base] + [f"{base}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return [n for n in names if n.startswith("prune_tracker.")]
+
+
+def test_every_import_goes_to_the_same_or_a_lower_layer() -> None:
+    violations = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        layer = _layer(".".join(path.relative_to(ROOT).parts))
+        assert layer is not None or path.parent == PACKAGE, f"{path} is in no layer: put it in one of {LAYERS}"
+        for name in _imports(path):
+            target = _layer(name)
+            if layer and target and LAYERS.index(target) > LAYERS.index(layer):
+                violations.append(f"{path.relative_to(ROOT)} ({layer}) imports {name} ({target})")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_layer_check_resolves_relative_imports(tmp_path) -> None:
+    """A core module importing `..jobs` is seen as importing the jobs layer."""
+    fake = tmp_path / "prune_tracker" / "core" / "x.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("from ..jobs import specs\nfrom . import data\n")
+    names = _imports(fake, tmp_path)
+    assert "prune_tracker.jobs.specs" in names and "prune_tracker.core.data" in names
+    assert [_layer(n) for n in names if n.endswith("specs")] == ["jobs"]
+
+
 def test_core_modules_import_no_mlflow() -> None:
-    code = PROBE.format(modules=list(MODULES), packages=list(PACKAGES))
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          check=True)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=True)
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {"prune_tracker.pruning.lamp", "prune_tracker.footprint.formats"} <= set(report["imported"])
+    assert {"prune_tracker.core.pruning.lamp", "prune_tracker.core.footprint.formats",
+            "prune_tracker.core.flows"} <= set(report["imported"])
     assert report["culprit"] is None, f"{report['culprit']} imports mlflow"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from prune_tracker.models import (
+from prune_tracker.core.models import (
     UnknownArchError,
     architecture_spec,
     build_from_spec,

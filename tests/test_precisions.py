@@ -20,8 +20,10 @@ import pytest  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from test_compare import TinyNet, log_fake_run  # noqa: E402
 
-from prune_tracker import compare, frontier, report, tracking  # noqa: E402
-from prune_tracker.frontier import RunPoint  # noqa: E402
+from prune_tracker import tracking  # noqa: E402
+from prune_tracker.analysis import compare, report  # noqa: E402
+from prune_tracker.core import frontier  # noqa: E402
+from prune_tracker.core.frontier import RunPoint  # noqa: E402
 from prune_tracker.tracking import registry  # noqa: E402
 from prune_tracker.tracking.queries import RunQuery, query_runs  # noqa: E402
 

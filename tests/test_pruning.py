@@ -1,4 +1,4 @@
-"""Fast checks of prune_tracker.pruning on random-weight models and synthetic data (CPU, seconds)."""
+"""Fast checks of prune_tracker.core.pruning on random-weight models and synthetic data (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from prune_tracker.models import architecture_spec, build_from_spec, build_model
-from prune_tracker.pruning import (
+from prune_tracker.core.models import architecture_spec, build_from_spec, build_model
+from prune_tracker.core.pruning import (
     PruneContext,
     channel_scope,
     channels_per_layer,
@@ -20,13 +20,13 @@ from prune_tracker.pruning import (
     prunable_layers,
     sparsity_report,
 )
-from prune_tracker.pruning.channels import ChannelLayer, ChannelPruner, params_after_removal, remove_channels
-from prune_tracker.pruning.gmp import gmp_sparsity
-from prune_tracker.pruning.han import han_schedule
-from prune_tracker.pruning.lamp import lamp_scores
-from prune_tracker.pruning.masks import current_weight
-from prune_tracker.pruning.sensitivity import allocate
-from prune_tracker.pruning.thinet import (
+from prune_tracker.core.pruning.channels import ChannelLayer, ChannelPruner, params_after_removal, remove_channels
+from prune_tracker.core.pruning.gmp import gmp_sparsity
+from prune_tracker.core.pruning.han import han_schedule
+from prune_tracker.core.pruning.lamp import lamp_scores
+from prune_tracker.core.pruning.masks import current_weight
+from prune_tracker.core.pruning.sensitivity import allocate
+from prune_tracker.core.pruning.thinet import (
     consumer_inputs,
     contributions,
     draw_positions,
@@ -378,10 +378,10 @@ def test_bad_options(ctx: PruneContext) -> None:
 
 # --- iterative pruning (pruning/iterative.py) ---
 
-from prune_tracker.pruning import PruningMethod, iterative_prune  # noqa: E402
-from prune_tracker.pruning.common import LAYER_OPTIONS, n_weights, target_layers, unstructured_result  # noqa: E402
-from prune_tracker.pruning.iterative import channel_round_ratio, one_step_ratio, round_targets  # noqa: E402
-from prune_tracker.pruning.masks import apply_masks, global_masks  # noqa: E402
+from prune_tracker.core.pruning import PruningMethod, iterative_prune  # noqa: E402
+from prune_tracker.core.pruning.common import LAYER_OPTIONS, n_weights, target_layers, unstructured_result  # noqa: E402
+from prune_tracker.core.pruning.iterative import channel_round_ratio, one_step_ratio, round_targets  # noqa: E402
+from prune_tracker.core.pruning.masks import apply_masks, global_masks  # noqa: E402
 
 
 def _shaking_ctx(ctx: PruneContext, zeros_seen: list) -> PruneContext:
@@ -461,7 +461,7 @@ def test_iterative_structured_matches_one_shot_channels(ctx: PruneContext) -> No
 
 def test_iterative_channel_ratios_end_on_the_one_shot_widths() -> None:
     """Round ratios of the thinner model: every round stays one uniform cut away from the one-shot widths."""
-    from prune_tracker.pruning.channels import n_remove
+    from prune_tracker.core.pruning.channels import n_remove
 
     for widths in ([16] * 9 + [32] * 9 + [64] * 9, [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512]):
         original = {f"l{i}": c for i, c in enumerate(widths)}

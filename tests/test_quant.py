@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import prune
 
-from prune_tracker.models import architecture_spec, build_model
-from prune_tracker.quant import (
+from prune_tracker.core.models import architecture_spec, build_model
+from prune_tracker.core.quant import (
     FORMAT,
     PRECISIONS,
     QUANT_FILE_NAME,
@@ -35,7 +35,7 @@ from prune_tracker.quant import (
     save_quantized,
     validate_precision,
 )
-from prune_tracker.quant.container import (
+from prune_tracker.core.quant.container import (
     ByteReader,
     decode_weight,
     encode_weight,
@@ -44,9 +44,9 @@ from prune_tracker.quant.container import (
     unpack_header,
     unpack_values,
 )
-from prune_tracker.quant.fold import named_conv_bn_pairs, traced_conv_bn_pairs
-from prune_tracker.quant.formats import tensor_bytes_row
-from prune_tracker.quant.weights import QMAX
+from prune_tracker.core.quant.fold import named_conv_bn_pairs, traced_conv_bn_pairs
+from prune_tracker.core.quant.formats import tensor_bytes_row
+from prune_tracker.core.quant.weights import QMAX
 
 BN = nn.modules.batchnorm._BatchNorm
 

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
-from prune_tracker.footprint import footprint_metrics
-from prune_tracker.models import build_model
-from prune_tracker.quant import (
+from prune_tracker.core.footprint import footprint_metrics
+from prune_tracker.core.models import build_model
+from prune_tracker.core.quant import (
     QAT_CHOICES,
     fake_quant_model,
     fake_quantize,
@@ -23,7 +23,7 @@ from prune_tracker.quant import (
     quantized_bytes,
     quantized_layers,
 )
-from prune_tracker.quant.weights import QMAX
+from prune_tracker.core.quant.weights import QMAX
 
 BN = nn.modules.batchnorm._BatchNorm
 
@@ -106,12 +106,11 @@ def test_measure_precisions_accuracy_and_bytes(pruned_resnet20):
     metrics = measure_precisions(pruned_resnet20, ["int4", "fp16"], evaluate, calibration, 4000.0)
     assert calibration.calls == 0  # no int8 requested: no w8a8
     keys = {f"{k}_{p}" for p in ("fp16", "int4") for k in ("test_accuracy", "val_accuracy")}
-    for t in ("fp16_folded", "int4"):
-        keys |= {f"footprint_{t}_bytes", f"footprint_bitmask_{t}_bytes", f"footprint_csr_{t}_bytes",
-                 f"footprint_best_{t}_bytes"}
-    assert set(metrics) == keys
-    assert not set(metrics) & set(footprint_metrics())  # footprint's (unfolded) metrics keep their names
-    for p, t in (("fp16", "fp16_folded"), ("int4", "int4")):
+    keys |= {"footprint_int4_bytes", "footprint_bitmask_int4_bytes", "footprint_csr_int4_bytes",
+             "footprint_best_int4_bytes"}
+    assert set(metrics) == keys  # fp16's bytes are footprint's metrics: one name per figure
+    assert not set(metrics) & set(footprint_metrics())
+    for p, t in (("int4", "int4"),):
         expected = _independent_bytes(pruned_resnet20, p)
         assert metrics[f"footprint_best_{t}_bytes"] == quantized_bytes(quantize_weights(pruned_resnet20, p))[
             "total_bytes"] == expected["best"]
@@ -121,7 +120,9 @@ def test_measure_precisions_accuracy_and_bytes(pruned_resnet20):
         assert metrics[f"footprint_best_{t}_bytes"] < metrics[f"footprint_{t}_bytes"]
         # the accuracies are evaluate's on the fake-quantised model
         assert {k: metrics[f"{k}_{p}"] for k in evaluate.batches} == evaluate(fake_quant_model(pruned_resnet20, p))
-    assert metrics["footprint_best_int4_bytes"] < metrics["footprint_best_fp16_folded_bytes"]
+    fp16 = _independent_bytes(pruned_resnet20, "fp16")["best"]
+    assert metrics["footprint_best_int4_bytes"] < fp16
+    assert {k: metrics[f"{k}_fp16"] for k in evaluate.batches} == evaluate(fake_quant_model(pruned_resnet20, "fp16"))
     assert metrics["test_accuracy_fp16"] > 0.5  # fp16 agrees with fp32 (folding kept the function)
     assert not any(isinstance(m, BN) for m in evaluate.models[0].modules())
 

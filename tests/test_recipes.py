@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from prune_tracker.recipes import finetune_recipe, parent_schedule_params
-from prune_tracker.training import ParentSchedule, TrainConfig, rewind_lr
+from prune_tracker.core.recipes import finetune_recipe, parent_schedule_params
+from prune_tracker.core.training import ParentSchedule, TrainConfig, rewind_lr
 
 # What MLflow hands back for a parent trained with TrainConfig(lr=0.2, epochs=30, schedule="onecycle"): strings.
 PARENT_RUN = {"lr": "0.2", "schedule": "onecycle", "epochs": "30", "warmup_fraction": "0.25", "batch_size": "128"}
@@ -65,7 +65,7 @@ def test_bad_distillation_in_a_recipe() -> None:
 def test_a_train_runs_logged_params_give_back_its_recipe():
     from dataclasses import asdict
 
-    from prune_tracker.recipes import logged_train_config
+    from prune_tracker.core.recipes import logged_train_config
 
     recipe = TrainConfig(epochs=0.5, batch_size=64, lr=0.1, resize_schedule="16:0.3,24:0.4", nesterov=False,
                          rewind_fraction=0.25, width=0.5, seed=3)

@@ -27,7 +27,8 @@ from mlflow_server import _stop, _wait_healthy, free_port
 
 from prune_tracker import jobs, tracking
 from prune_tracker.cli import cli
-from prune_tracker.models import architecture_spec, build_model
+from prune_tracker.core.models import architecture_spec, build_model
+from prune_tracker.core.training import TrainConfig
 from prune_tracker.tracking import gc, owner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -437,11 +438,11 @@ def _logged_model_names(run_id: str) -> set[str]:
 
 @pytest.mark.e2e
 def test_eight_prune_runs_at_once_all_finish_complete(on_server, tmp_path):
-    from prune_tracker.compare import run_compare
+    from prune_tracker.analysis.compare import run_compare
 
-    data = jobs.DataOptions("synthetic", None, 600, 100, 0)
-    config = jobs.TrainConfig(epochs=1, batch_size=64, lr=0.1)
-    base = jobs.train("resnet20", data, config, jobs.RunOptions("reliability-load", "cpu", False, precisions=()))
+    base = jobs.train(jobs.TrainSpec("resnet20", jobs.DataSpec("synthetic", None, 600, 100, 0),
+                                     TrainConfig(epochs=1, batch_size=64, lr=0.1),
+                                     jobs.RunSpec("reliability-load", "cpu", False, precisions=())))
     prune = [*LOAD_PRUNE, "--model-uri", f"runs:/{base}/model"]
     alone_log, started = tmp_path / "alone.log", time.monotonic()
     alone = run_id_in(finish(start_cli([*prune, "--ratio", "0.5"], on_server, alone_log), alone_log), "prune")

@@ -18,8 +18,8 @@ import mlflow  # noqa: E402
 import pytest  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from prune_tracker import report  # noqa: E402
-from prune_tracker.frontier import RunPoint, grouped_front  # noqa: E402
+from prune_tracker.analysis import report  # noqa: E402
+from prune_tracker.core.frontier import RunPoint, grouped_front  # noqa: E402
 
 LAYERS = [
     "conv1",

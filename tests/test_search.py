@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from prune_tracker.cli import cli
-from prune_tracker.jobs import DataOptions
-from prune_tracker.search import SearchConfig, in_budget, parse_budget_bytes, run_search
-from prune_tracker.sweep import PruneBase
+from prune_tracker.jobs import DataSpec
+from prune_tracker.studies.search import SearchConfig, in_budget, parse_budget_bytes, run_search
+from prune_tracker.studies.sweep import PruneBase
 
 pytest.importorskip("optuna")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,7 +78,7 @@ def test_bad_budget_on_the_command_line_is_one_line(budget, message):
 
 
 def test_search_registers_the_most_accurate_in_budget_trial_as_champion(base_uri):
-    base = PruneBase(base_uri, DataOptions(None, None, None, None, None), precisions=(), device="cpu",
+    base = PruneBase(base_uri, DataSpec.inherited(), precisions=(), device="cpu",
                      experiment_name="search")
     space = {"finetune_epochs": [0.1], "finetune_schedule": ["cosine"], "distill_alpha": [0.0], "tta_flip": [False],
              "lr": [0.01, 0.05]}

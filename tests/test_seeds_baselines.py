@@ -19,14 +19,15 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from prune_tracker import compare, tracking
-from prune_tracker.baselines import WIDTH_GRID, size_dense_small
+from prune_tracker import tracking
+from prune_tracker.analysis import compare
+from prune_tracker.analysis.report import run_report
 from prune_tracker.cli import cli
-from prune_tracker.footprint import measure_footprint
-from prune_tracker.frontier import DENSE_SMALL
-from prune_tracker.models import architecture_spec, build_from_spec, build_model, count_params, width_archs
-from prune_tracker.report import run_report
-from prune_tracker.seeds import parse_seeds, recipe_identity, validate_aggregate
+from prune_tracker.core.dense_small import WIDTH_GRID, size_dense_small
+from prune_tracker.core.footprint import measure_footprint
+from prune_tracker.core.frontier import DENSE_SMALL
+from prune_tracker.core.models import architecture_spec, build_from_spec, build_model, count_params, width_archs
+from prune_tracker.core.seeds import parse_seeds, recipe_identity, validate_aggregate
 from prune_tracker.tracking.registry import _version_tags
 
 pytestmark = pytest.mark.usefixtures("one_thread")

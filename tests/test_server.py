@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from test_entrypoints import assert_ok, mlflow_run, submit_runs
 
 from prune_tracker import tracking
-from prune_tracker.compare import run_compare
+from prune_tracker.analysis.compare import run_compare
 
 pytestmark = pytest.mark.e2e
 

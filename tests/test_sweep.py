@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from conftest import PROJECT_ROOT
 from mlflow.tracking import MlflowClient
 
-from prune_tracker import sweep
 from prune_tracker.cli import cli
-from prune_tracker.jobs import DataOptions
-from prune_tracker.sweep import (
+from prune_tracker.jobs import DataSpec
+from prune_tracker.studies import sweep
+from prune_tracker.studies.sweep import (
     FAILED,
     FINISHED,
     PruneBase,
@@ -35,6 +35,7 @@ from prune_tracker.sweep import (
     expand_grid,
     run_sweep,
 )
+from prune_tracker.tracking.identity import reuse_key
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = ["--dataset", "synthetic", "--train-subset", "600", "--val-size", "100", "--device", "cpu", "--no-progress"]
@@ -56,7 +57,7 @@ def base_uri() -> str:
 
 
 def four_trials(base_uri: str, experiment: str, executor: str = "local") -> SweepConfig:
-    base = PruneBase(base_uri, DataOptions(None, None, None, None, None), precisions=(), device="cpu",
+    base = PruneBase(base_uri, DataSpec.inherited(), precisions=(), device="cpu",
                      experiment_name=experiment)
     return SweepConfig(base, ["global_l1", "gmp"], [0.5, 0.8], recipe_axes=FAST, option_axes=GMP, executor=executor)
 
@@ -145,10 +146,10 @@ def test_bad_grids_are_one_line_errors(call, message):
 
 
 def test_every_grid_value_changes_the_trial_key_and_nothing_else_does():
-    base = PruneBase("runs:/x/model", DataOptions(None, None, None, None, None), precisions=())
+    base = PruneBase("runs:/x/model", DataSpec.inherited(), precisions=())
 
     def key(spec: TrialSpec, on: PruneBase = base) -> str:
-        return sweep.step_key("prune", spec.identity(on, "run:x/model"), code="fixed")
+        return reuse_key("prune", spec.identity(on, "run:x/model"), code="fixed")
 
     one = TrialSpec("lamp", 0.5)
     assert key(one) == key(TrialSpec("lamp", 0.5, seed=0, options={"keep_first": "true"}))  # the default, resolved
@@ -157,7 +158,7 @@ def test_every_grid_value_changes_the_trial_key_and_nothing_else_does():
                 TrialSpec("lamp", 0.5, overrides={"schedule": "constant"}),
                 TrialSpec("lamp", 0.5, overrides={"finetune_schedule": "constant"}),
                 TrialSpec("lamp", 0.5, overrides={"lr": 0.02})]
-    keys = [key(v) for v in variants] + [key(one, PruneBase("runs:/x/model", DataOptions(None, None, None, None, 3)))]
+    keys = [key(v) for v in variants] + [key(one, PruneBase("runs:/x/model", DataSpec.inherited(split_seed=3)))]
     assert len(set(keys)) == len(keys) and key(one) not in keys
 
 
@@ -237,7 +238,7 @@ def test_local_sweep_three_finished_one_failed_then_reuse(base_uri):
 
 
 def test_sweep_baselines_train_one_dense_small_per_size_with_the_total_budget(base_uri):
-    base = PruneBase(base_uri, DataOptions(None, None, None, None, None), precisions=(), device="cpu",
+    base = PruneBase(base_uri, DataSpec.inherited(), precisions=(), device="cpu",
                      experiment_name="sweep-baselines")
     config = SweepConfig(base, ["global_l1"], [0.5, 0.8], recipe_axes={**FAST, "finetune_epochs": [0.5]},
                          baselines=True)

@@ -31,7 +31,7 @@ from test_entrypoints import assert_ok, mlflow_run
 
 from prune_tracker import tracking
 from prune_tracker.cli import cli
-from prune_tracker.models import build_model
+from prune_tracker.core.models import build_model
 from prune_tracker.tracking import server as team
 
 SEARCH = "/api/2.0/mlflow/experiments/search"

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from prune_tracker.data import load_splits
-from prune_tracker.models import build_model
-from prune_tracker.training import (
+from prune_tracker.core.data import load_splits
+from prune_tracker.core.models import build_model
+from prune_tracker.core.training import (
     SCHEDULES,
     TrainConfig,
     Trainer,

@@ -29,12 +29,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from ..models import architecture_spec, build_from_spec, build_model
-from ..models.foreign import is_foreign_arch
-from ..quant import artifact_dir_name
-from . import owner
-from .errors import ArtifactWriteError, artifact_writes  # noqa: F401  (ArtifactWriteError: for callers)
-from .foreign_models import foreign_spec, load_pickled, num_classes_of, signature_shapes
+from prune_tracker.core.models import architecture_spec, build_from_spec, build_model
+from prune_tracker.core.models.foreign import is_foreign_arch
+from prune_tracker.core.quant import artifact_dir_name
+from prune_tracker.tracking import owner
+from prune_tracker.tracking.errors import ArtifactWriteError, artifact_writes  # noqa: F401  (ArtifactWriteError: for callers)
+from prune_tracker.tracking.foreign_models import foreign_spec, load_pickled, num_classes_of, signature_shapes
 
 # Artifact downloads while loading a model would otherwise draw progress bars into command output.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -148,7 +148,7 @@ def _end_run_after_error(heartbeat: owner.Heartbeat | None, status: str) -> None
 
 def _check_not_owned_elsewhere(run_id: str) -> None:
     """Refuse to reopen a run that is RUNNING in a live process (two writers to one run)."""
-    from .gc import DEFAULT_STALE_AFTER, orphan_reason, parse_duration
+    from prune_tracker.tracking.gc import DEFAULT_STALE_AFTER, orphan_reason, parse_duration
 
     run = MlflowClient().get_run(run_id)
     if run.info.status == "RUNNING" and orphan_reason(run, parse_duration(DEFAULT_STALE_AFTER)) is None:
@@ -199,7 +199,7 @@ def _dataset_source(source: str):
 
     kind, _, location = source.partition(":")  # "archive:/path", "torchvision:/root", "synthetic"
     if kind == "synthetic":
-        return CodeDatasetSource(tags={"generator": "prune_tracker.data.synthetic_images"})
+        return CodeDatasetSource(tags={"generator": "prune_tracker.core.data.synthetic_images"})
     local = [s for s in get_registered_sources() if s._get_source_type() == "local"][:1]
     return resolve_dataset_source(str(Path(location).resolve()), candidate_sources=local)
 
@@ -423,7 +423,7 @@ def _check_artifact_name(model_uri: str, run_id: str, name: str) -> None:
 
 def _load_quantised(model_uri: str, run_id: str, name: str) -> LoadedModel:
     """A deployable int8 / int4 file: rebuilt from its architecture spec and packed tensors, never unpickled."""
-    from ..quant import QUANT_FILE_NAME, load_quantized
+    from prune_tracker.core.quant import QUANT_FILE_NAME, load_quantized
 
     source = model_uri if re.fullmatch(r"(models:/)?m-[0-9a-f]+", model_uri) else logged_model_uri(run_id, name)
     source = source if source.startswith("models:/") else f"models:/{source}"
@@ -592,7 +592,7 @@ def run_params(run_id: str) -> dict[str, str]:
     return MlflowClient().get_run(run_id).data.params
 
 
-from .artifacts import (  # noqa: E402,F401  (re-exported: the package is the one MLflow entry)
+from prune_tracker.tracking.artifacts import (  # noqa: E402,F401  (re-exported: the package is the one MLflow entry)
     load_dict,
     log_artifact,
     log_dict,
@@ -601,4 +601,4 @@ from .artifacts import (  # noqa: E402,F401  (re-exported: the package is the on
     set_tags,
     stage_run,
 )
-from .gc import mark_orphans_killed  # noqa: E402,F401  (orphan runs -> KILLED: `prune-tracker gc`, the sweep)
+from prune_tracker.tracking.gc import mark_orphans_killed  # noqa: E402,F401  (orphan runs -> KILLED: `prune-tracker gc`, the sweep)

@@ -12,7 +12,7 @@ import mlflow
 from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 
-from .errors import artifact_writes
+from prune_tracker.tracking.errors import artifact_writes
 
 
 @contextlib.contextmanager

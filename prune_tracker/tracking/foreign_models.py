@@ -22,7 +22,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from torch import nn
 
-from ..models.foreign import foreign_arch
+from prune_tracker.core.models.foreign import foreign_arch
 
 _KEEP: list[Path] = []
 
@@ -95,7 +95,7 @@ def num_classes_of(model: nn.Module, declared: int | None, input_shape: tuple[in
 
 def foreign_spec(model: nn.Module, num_classes: int, input_shape: tuple[int, ...] | None) -> dict[str, Any]:
     """The spec of a foreign model: its `foreign:` arch, widths for the record, the input shape it declares."""
-    from ..models import architecture_spec
+    from prune_tracker.core.models import architecture_spec
 
     spec = architecture_spec(model, foreign_arch(model), num_classes)
     spec["input_shape"] = list(input_shape) if input_shape else None

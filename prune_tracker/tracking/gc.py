@@ -22,7 +22,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .owner import HEARTBEAT, Owner, parse_iso
+from prune_tracker.tracking.owner import HEARTBEAT, Owner, parse_iso
 
 GC_REASON_TAG = "gc_reason"
 DEFAULT_STALE_AFTER = "15m"

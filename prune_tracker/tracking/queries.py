@@ -1,10 +1,10 @@
-"""Read finished runs from MLflow as :class:`~prune_tracker.frontier.RunPoint` s, one per (run, precision).
+"""Read finished runs from MLflow as :class:`~prune_tracker.core.frontier.RunPoint` s, one per (run, precision).
 
 :func:`query_runs` searches with server-side filters (paginated), reports runs lacking the accuracy or
 footprint metric in ``missing`` instead of dropping them silently, and follows ``parent_run_id`` to each run's
 unpruned (stage=train) root, fetching roots that the filters left out.
 
-Precisions (the metric names: :mod:`prune_tracker.frontier`): every run is an fp16 candidate (``<metric>_fp16``
+Precisions (the metric names: :mod:`prune_tracker.core.frontier`): every run is an fp16 candidate (``<metric>_fp16``
 or ``<metric>``, and the ``footprint`` option); a run is an int8 / int4 / w8a8 candidate when it logged that
 precision's accuracy or x metric, and is reported missing for it (reason ``"int8: missing metric ..."``) when
 it logged only one of the two. A precision the footprint has no counterpart for gives no point.
@@ -22,21 +22,23 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-from prune_tracker.footprint import footprint_metrics
-from prune_tracker.frontier import (
+from prune_tracker.core.footprint import footprint_metrics
+from prune_tracker.core.frontier import (
     BASELINE_BASE_TAG,
     FOOTPRINT_SHORTCUTS,
     FP16,
+    LEGACY_FOOTPRINTS,
     PRECISIONS,
     RunPoint,
     accuracy_metric,
+    dense_reference,
     footprint_precisions,
     front_key,
     parse_precisions,
     precision_footprint,
     resolve_footprint,
 )
-from prune_tracker.seeds import LOCAL_PARAMS, RUN_URI, recipe_identity
+from prune_tracker.core.seeds import LOCAL_PARAMS, RUN_URI, recipe_identity, run_seed
 
 DEFAULT_METRIC = "val_accuracy"  # choose on validation; test accuracy is reported beside it
 DEFAULT_FOOTPRINT = "footprint_best_bytes"
@@ -148,7 +150,7 @@ def _search_pages(client: MlflowClient, experiment_ids: list[str], filter_string
 
 
 def validate_metric_names(metric: str, footprint: str) -> None:
-    allowed = (*footprint_metrics(), *FOOTPRINT_SHORTCUTS)
+    allowed = (*footprint_metrics(), *FOOTPRINT_SHORTCUTS, *LEGACY_FOOTPRINTS)
     if footprint not in allowed:
         raise ValueError(f"unknown footprint metric {footprint!r}; allowed: {', '.join(allowed)}")
     if not metric or not isinstance(metric, str):
@@ -172,10 +174,12 @@ def query_precisions(precisions: str | Sequence[str] | None, footprint: str) -> 
 
 
 def run_ratio(run: Run) -> float | None:
-    """The pruning ratio a run reached: the metric ``ratio`` (a byte-target search logs the ratio it found),
-    else the tag, else the param (the requested ratio)."""
+    """The pruning ratio a run applied: the metric ``searched_ratio`` (a byte-target search's result), else the
+    metric ``ratio`` (stores before `searched_ratio` logged the search's result there), else the tag (the applied
+    ratio), else the param (the requested ratio)."""
     data = run.data
-    for raw in (data.metrics.get("ratio"), data.tags.get("ratio"), data.params.get("ratio")):
+    for raw in (data.metrics.get("searched_ratio"), data.metrics.get("ratio"), data.tags.get("ratio"),
+                data.params.get("ratio")):
         if raw is None:
             continue
         with suppress(ValueError):
@@ -276,7 +280,7 @@ def _root_of(run_id: str, runs: dict[str, Run], footprint: str) -> tuple[str, fl
     while current is not None and current.info.run_id not in seen:
         seen.add(current.info.run_id)
         if current.data.tags.get("stage") == "train" and not current.data.tags.get(BASELINE_BASE_TAG):
-            value = current.data.metrics.get(footprint)
+            value = dense_reference(current.data.metrics, footprint)
             return (current.info.run_id, value) if value is not None else None
         current = runs.get(lineage_parent(current) or "")
     return None
@@ -291,7 +295,7 @@ def _float(value: object) -> float | None:
 
 
 class Lineage:
-    """Per run id, what its lineage says: the recipe identity minus the seed (`prune_tracker.seeds`) and the
+    """Per run id, what its lineage says: the recipe identity minus the seed (`prune_tracker.core.seeds`) and the
     training epochs spent from scratch (train: epochs; prune: + finetune_epochs + the method's own retraining,
     metric method_finetune_epochs; finetune: + epochs). Memoised over `runs` (the runs and their ancestors)."""
 
@@ -299,6 +303,18 @@ class Lineage:
         self.runs = runs
         self._identity: dict[str, str] = {}
         self._budget: dict[str, float | None] = {}
+        self._seeds: dict[str, tuple[str, ...]] = {}
+
+    def seeds(self, run_id: str, depth: int = 0) -> tuple[str, ...]:
+        """The seeds along the lineage, the root's first and the run's own last (`core.seeds.run_seed`)."""
+        run = self.runs.get(run_id)
+        if run is None or depth > _MAX_CHAIN:
+            return ()
+        if run_id not in self._seeds:
+            parent = lineage_parent(run)
+            before = self.seeds(parent, depth + 1) if parent else ()
+            self._seeds[run_id] = (*before, run_seed(run.data.params, run.data.tags))
+        return self._seeds[run_id]
 
     def identity(self, run_id: str, depth: int = 0) -> str | None:
         run = self.runs.get(run_id)
@@ -380,7 +396,7 @@ def query_runs(
 
 def _with_lineage(point: RunPoint, lineage: Lineage, root: tuple[str, float] | None) -> RunPoint:
     return replace(point, group=lineage.identity(point.run_id), budget_epochs=lineage.budget(point.run_id),
-                   root_group=lineage.identity(root[0]) if root else None)
+                   root_group=lineage.identity(root[0]) if root else None, seeds=lineage.seeds(point.run_id))
 
 
 def found_precisions(points: Sequence[RunPoint]) -> tuple[str, ...]:

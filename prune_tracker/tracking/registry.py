@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from prune_tracker.frontier import FP16, RunPoint
+from prune_tracker.core.frontier import FP16, RunPoint
 from prune_tracker.tracking import PRECISION_ARTIFACTS, logged_model_uri
 
 CHAMPION_ALIAS = "champion"
@@ -111,7 +111,7 @@ def _validate(
 
 
 # A w8a8 point registers the run's int8 file: the accuracy tag needs its activation scales calibrated again.
-W8A8_NOTE = ("int8 per-tensor input scales, calibrated on validation images (prune_tracker.quant.calibrate_w8a8); "
+W8A8_NOTE = ("int8 per-tensor input scales, calibrated on validation images (prune_tracker.core.quant.calibrate_w8a8); "
              "the file holds the int8 weights")
 
 

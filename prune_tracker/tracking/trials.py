@@ -48,7 +48,7 @@ def apply_client_environment(env: Mapping[str, str]) -> None:
 def model_identity(model_uri: str) -> str:
     """What a model URI names, for a trial's key: `run:<run id>/<artifact>` behind runs:/, models:/ (an alias as it
     points now) and logged-model URIs, or `file:<sha256>` of a local file. An unknown model is a one-line error."""
-    from . import ModelLoadError, resolve_model_location
+    from prune_tracker.tracking import ModelLoadError, resolve_model_location
 
     path = Path(model_uri).expanduser()
     if "://" not in model_uri and not model_uri.startswith("models:/") and (path.exists() or path.suffix == ".pt"):

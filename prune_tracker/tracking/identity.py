@@ -36,3 +36,11 @@ def code_identity() -> str:
         return f"src:{source_hash()}"
     dirty = _git("status", "--porcelain", "--", str(PACKAGE_DIR))
     return f"git:{commit}" if not dirty else f"git:{commit}+src:{source_hash()}"
+
+
+def reuse_key(stage: str, params: dict, code: str | None = None) -> str:
+    """The key a finished result is reused by: the stage, every parameter and the code's identity, hashed."""
+    import json
+
+    blob = json.dumps({"stage": stage, "code": code or code_identity(), **params}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]

@@ -2,7 +2,7 @@
 sets the ratio) and the recipe options, to maximise validation accuracy within a footprint budget; the winner is
 registered as `champion`. Test accuracy is reported beside it, never used to select.
 
-Every trial is one prune run through the sweep's :class:`~prune_tracker.sweep.TrialRunner` (same executors, same
+Every trial is one prune run through the sweep's :class:`~prune_tracker.studies.sweep.TrialRunner` (same executors, same
 reuse of FINISHED trials, one retry, nested under a `stage=search` run). A trial prunes to `target_bytes = budget`
 on the chosen precision's footprint metric (the ceiling search of `prune`: the smallest ratio whose measured
 footprint fits), so every trial fits by construction; its objective is the best validation accuracy among its
@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import tracking
-from .footprint import human_bytes, parse_bytes
-from .frontier import FP16, PRECISIONS, accuracy_metric, precision_footprint, resolve_footprint
-from .pipeline import resolve_budget
-from .sweep import (
+from prune_tracker import tracking
+from prune_tracker.core.footprint import human_bytes, parse_bytes
+from prune_tracker.core.frontier import FP16, PRECISIONS, accuracy_metric, precision_footprint, resolve_footprint
+from prune_tracker.studies.pipeline import resolve_budget
+from prune_tracker.studies.sweep import (
     FINISHED,
     PruneBase,
     SweepError,
@@ -42,7 +42,7 @@ from .sweep import (
     study_metrics,
     tag_failures,
 )
-from .tracking import trials as trial_runs
+from prune_tracker.tracking import trials as trial_runs
 
 SELECTION_METRIC = "val_accuracy"  # chosen on validation; test accuracy is reported, never used to select
 TARGET_PRECISIONS = (FP16, "int8", "int4")  # precisions whose bytes a trial's ratio search can fit to the budget
@@ -280,7 +280,7 @@ def run_search(config: SearchConfig) -> SearchResult:
 
 def _register(config: SearchConfig, result: SearchResult, winner: Any) -> SearchResult:
     """Register the budget winner (one version, alias champion) and log it on the search run."""
-    from .tracking.registry import register_front
+    from prune_tracker.tracking.registry import register_front
 
     registration = register_front([winner], config.registered_name, winner.run_id,
                                   champion_precision=winner.precision)

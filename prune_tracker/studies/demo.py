@@ -9,9 +9,9 @@ import os
 import sys
 from dataclasses import replace
 
-from .data import DataError, load_splits
-from .pipeline import PipelineConfig, PipelineError, demo_data, run_pipeline
-from .tracking import ui_hint
+from prune_tracker.core.data import DataError, load_splits
+from prune_tracker.studies.pipeline import PipelineConfig, PipelineError, demo_data, run_pipeline
+from prune_tracker.tracking import ui_hint
 
 
 def choose_dataset() -> tuple[str, str | None]:

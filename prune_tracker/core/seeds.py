@@ -18,12 +18,15 @@ kind and `baseline` tag, plus its parameters minus
 Values are compared in one spelling (numbers as floats, booleans in lower case), so "1" (logged by `mlflow run`)
 and "1.0" (logged by the job) are the same value.
 
-**Aggregation** (:func:`aggregate_points`): points with the same identity and precision become one point whose
-accuracy, footprint and every metric the members share are the mean, with the sample standard deviation
-(ddof=1) beside them (``accuracy_std``, ``metric_std``) and ``n`` members. A point alone stays a point with
-n=1 and no standard deviation (``None``: one sample has none; the CSV leaves ``<metric>_std`` empty). The
-aggregated point is represented by the member whose accuracy is closest to the mean (ties: the smaller run id):
-its run id is the one tables name and `register` registers.
+**Aggregation** (:func:`aggregate_points`): points with the same identity and precision become one point. ``n``
+counts distinct seeds, not runs: a run's seeds are those along its lineage (``RunPoint.seeds``: the base's seed,
+then its own), and runs with the same seeds are reruns of one sample. Reruns collapse into their mean first (one
+value per seed), then the point's accuracy, footprint and every metric the members share are the mean over seeds,
+with the sample standard deviation (ddof=1) beside them (``accuracy_std``, ``metric_std``); ``reruns`` says how
+many runs were folded (tables print "n=2, 1 rerun"). A point alone stays a point with n=1 and no standard
+deviation (``None``: one sample has none; the CSV leaves ``<metric>_std`` empty). The aggregated point is
+represented by the member whose accuracy is closest to the mean (ties: the smaller run id): its run id is the one
+tables name and `register` registers.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from dataclasses import replace
 from .frontier import RunPoint, front_key
 
 AGGREGATES = ("none", "seed")
-SEED_PARAMS = frozenset({"seed", "finetune_seed"})
+SEED_PARAMS = frozenset({"seed", "finetune_seed"})  # finetune_seed: a prune run's seed in stores before split_seed
 LOCAL_PARAMS = frozenset({
     "device", "amp_dtype", "data_source", "data_dir", "resume_run_id", "train_size", "val_images", "run_name",
     "experiment_name", "model_uri", "source_model_uri", "progress",
@@ -141,9 +144,26 @@ def _optional_mean(values: Sequence[float | None]) -> float | None:
     return None if any(v is None for v in values) else statistics.fmean(float(v) for v in values)
 
 
-def aggregate_group(members: Sequence[RunPoint]) -> RunPoint:
-    """One point for runs that differ only by seed (same precision): means, standard deviations and n."""
-    accuracy, accuracy_std = mean_std([p.accuracy for p in members])
+def run_seed(params: Mapping[str, str], tags: Mapping[str, str]) -> str:
+    """A run's own seed: the resolved tag `seed`, else the param (a prune run logged before `split_seed` existed
+    kept its seed in `finetune_seed`); "" when it has none."""
+    for raw in (tags.get("seed"), params.get("finetune_seed"), params.get("seed")):
+        if raw not in (None, ""):
+            return _canonical(str(raw))
+    return ""
+
+
+def _per_seed(members: Sequence[RunPoint]) -> list[RunPoint]:
+    """One point per distinct seed path: reruns of a seed become their mean (a lone run stays as it is)."""
+    by_seed: dict[tuple[str, ...], list[RunPoint]] = {}
+    for p in members:
+        by_seed.setdefault(p.seeds or (f"run:{p.run_id}",), []).append(p)
+    return [runs[0] if len(runs) == 1 else _mean_point(runs) for runs in by_seed.values()]
+
+
+def _mean_point(members: Sequence[RunPoint]) -> RunPoint:
+    """Means over `members` (each one sample), represented by the member closest to the mean accuracy."""
+    accuracy = statistics.fmean(p.accuracy for p in members)
     representative = min(members, key=lambda p: (abs(p.accuracy - accuracy), p.run_id))
     return replace(
         representative,
@@ -153,11 +173,17 @@ def aggregate_group(members: Sequence[RunPoint]) -> RunPoint:
         root_footprint=_optional_mean([p.root_footprint for p in members]),
         budget_epochs=_optional_mean([p.budget_epochs for p in members]),
         metrics=_common_mean(members, "metrics") if len(members) > 1 else dict(representative.metrics),
-        metric_std=_common_std(members),
-        n=len(members),
-        accuracy_std=accuracy_std,
-        members=tuple(sorted(p.run_id for p in members)),
     )
+
+
+def aggregate_group(members: Sequence[RunPoint]) -> RunPoint:
+    """One point for runs that differ only by seed (same precision): means and standard deviations over distinct
+    seeds, n = the number of distinct seeds, reruns of a seed averaged first (module docstring)."""
+    samples = _per_seed(members)
+    _, accuracy_std = mean_std([p.accuracy for p in samples])
+    return replace(_mean_point(samples), metric_std=_common_std(samples), n=len(samples),
+                   accuracy_std=accuracy_std, members=tuple(sorted(p.run_id for p in members)),
+                   reruns=len(members) - len(samples))
 
 
 def aggregate_points(points: Iterable[RunPoint]) -> list[RunPoint]:
@@ -169,10 +195,11 @@ def aggregate_points(points: Iterable[RunPoint]) -> list[RunPoint]:
     return sorted((aggregate_group(g) for g in groups.values()), key=front_key)
 
 
-def fmt_mean_std(mean: float | None, std: float | None, n: int, digits: int = 4) -> str:
-    """``0.8123 ± 0.0040 (n=3)``; a single run: ``0.8123 (n=1)``."""
+def fmt_mean_std(mean: float | None, std: float | None, n: int, digits: int = 4, reruns: int = 0) -> str:
+    """``0.8123 ± 0.0040 (n=3)``; a single run: ``0.8123 (n=1)``; reruns of a seed: ``(n=2, 1 rerun)``."""
     if mean is None:
         return "-"
     spread = "" if std is None else f" ± {std:.{digits}f}"
-    return f"{mean:.{digits}f}{spread} (n={n})"
+    rerun = "" if not reruns else f", {reruns} rerun{'s' if reruns > 1 else ''}"
+    return f"{mean:.{digits}f}{spread} (n={n}{rerun})"
 

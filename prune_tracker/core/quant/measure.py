@@ -10,9 +10,10 @@ quantised weights (`formats` rules: fp16 scales counted, folded biases and other
   that is smaller (ties dense), as footprint's csr_fp16 / bitmask_fp16 formats;
 - ``footprint_best_<t>_bytes``: each weight in its smallest of dense / CSR / bitmask (= the container's
   data bytes, `quantized_bytes`' total).
-The tag t is the precision, except fp16 -> "fp16_folded": footprint_fp16_bytes etc. are footprint's
-metrics, which count BatchNorm's four vectors unfolded and every tensor (biases too) in fp16, whereas here
-BN is folded into one fp32 bias per channel (on ResNet-20 the folded fp16 bytes are ~2.7 KB smaller).
+The tag t is the precision (int8, int4). fp16 gets its accuracies only: its bytes are footprint's one fp16
+figure family (footprint_fp16_bytes, footprint_best_bytes, ...: BatchNorm unfolded, every tensor fp16), so one
+name stands for one figure. Stores written before that also hold ``footprint_*_fp16_folded_bytes`` (BN folded,
+~2.7 KB smaller on ResNet-20) and the alias ``footprint_best_fp16_bytes``; compare reads them as before.
 
 With `calibration_batches` and "int8" among the precisions, also the w8a8 model (int8 weights, int8
 activations calibrated on those batches only): ``<key>_w8a8``, ``activation_peak_int8_bytes`` (one byte per
@@ -33,19 +34,9 @@ from .weights import PRECISIONS, quantize_weights, validate_precision
 Evaluate = Callable[[nn.Module], dict[str, float]]
 
 
-# footprint_fp16_bytes, footprint_csr_fp16_bytes and footprint_bitmask_fp16_bytes already name
-# prune_tracker.footprint's metrics (BN unfolded, every tensor fp16): the folded ones get their own tag
-BYTES_TAG = {"fp16": "fp16_folded"}
-
-
-def bytes_tag(precision: str) -> str:
-    """The precision's tag in byte metric names: fp16_folded, int8, int4."""
-    return BYTES_TAG.get(validate_precision(precision), precision)
-
-
 def byte_metrics(sizes: dict[str, Any], precision: str) -> dict[str, float]:
-    """The four footprint_*_<tag>_bytes metrics (tag: `bytes_tag`) from `quantized_bytes`' rows and other bytes."""
-    rows, other, tag = sizes["tensors"], sizes["other_bytes"], bytes_tag(precision)
+    """The four footprint_*_<precision>_bytes metrics from `quantized_bytes`' rows and other bytes."""
+    rows, other, tag = sizes["tensors"], sizes["other_bytes"], validate_precision(precision)
     return {
         f"footprint_{tag}_bytes": float(sum(r["dense"] for r in rows) + other),
         f"footprint_bitmask_{tag}_bytes": float(sum(min(r["dense"], r["bitmask"]) for r in rows) + other),
@@ -82,7 +73,8 @@ def measure_precisions(
     for precision in chosen:
         quantized = quantize_weights(model, precision)
         metrics |= _suffixed(evaluate(quantized.model), precision)
-        metrics |= byte_metrics(quantized_bytes(quantized), precision)
+        if precision != "fp16":  # fp16 bytes: footprint's metrics (see the module docstring)
+            metrics |= byte_metrics(quantized_bytes(quantized), precision)
         del quantized
     if w8a8:
         metrics |= _suffixed(evaluate(calibrate_w8a8(model, calibration_batches())), "w8a8")

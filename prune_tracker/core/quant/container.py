@@ -2,7 +2,7 @@
 packed back to back, little-endian) and string metadata:
 - format: "prune-tracker-quant/2"; precision: fp16 / int8 / int4;
 - header: base64 of the zlib-compressed JSON {"spec": ..., "index": ...}: the architecture spec
-  (prune_tracker.models.architecture_spec) to rebuild the model, and the list of [encoding, non-zeros] per
+  (prune_tracker.core.models.architecture_spec) to rebuild the model, and the list of [encoding, non-zeros] per
   Conv2d / Linear weight in module order (encoding dense / csr / bitmask, the smallest as in `formats`).
   Names and shapes are those of the model rebuilt from the spec and BN-folded. Compressed, the header of a
   ResNet-20 is ~0.6 KB instead of ~3.4 KB (plain JSON, escaped inside safetensors' JSON header), ~1 % of

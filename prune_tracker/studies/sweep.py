@@ -11,8 +11,8 @@ and the same code (tag `trial_key`: a hash like the `main` pipeline's `pipeline_
 run again; a failed trial is retried once, then marked FAILED while the others go on. The sweep ends with
 `compare` over its trials' runs, nested under it, and prints the front.
 
-Seeds: each trial's `seed` seeds its pruning and fine-tuning (logged as `finetune_seed`); the data split stays the
-base run's (`seed` of the data options, inherited), so the base model's training images never reach validation.
+Seeds: each trial's `seed` seeds its pruning and fine-tuning (the prune run's `seed`); the data split stays the
+base run's (`split_seed`, inherited), so the base model's training images never reach validation.
 """
 
 from __future__ import annotations
@@ -32,16 +32,17 @@ from typing import Any
 
 import torch
 
-from . import tracking
-from .footprint import human_bytes, parse_bytes
-from .jobs import DataOptions, Recovery, RunOptions, prune_model
-from .pipeline import PipelineError, step_key
-from .pruning import get_method, validate_ratio
-from .quant import PRECISIONS, validate_precisions, validate_qat
-from .recipes import logged_train_config
-from .seeds import parse_seeds
-from .tracking import trials as trial_runs
-from .training import TrainConfig
+from prune_tracker import tracking
+from prune_tracker.core.footprint import human_bytes, parse_bytes
+from prune_tracker.core.pruning import get_method, validate_ratio
+from prune_tracker.core.quant import PRECISIONS, validate_precisions, validate_qat
+from prune_tracker.core.recipes import logged_train_config
+from prune_tracker.core.seeds import parse_seeds
+from prune_tracker.core.training import TrainConfig
+from prune_tracker.jobs import DataSpec, PruneSpec, Recovery, RunSpec, prune_model
+from prune_tracker.studies.pipeline import PipelineError
+from prune_tracker.tracking import trials as trial_runs
+from prune_tracker.tracking.identity import reuse_key
 
 MAX_ATTEMPTS = 2  # a failed trial is retried once
 EXECUTORS = ("local", "ray")
@@ -109,11 +110,10 @@ class Recipe:
         return replace(self, train=replace(self.train, **train), recovery=replace(self.recovery, **recovery), **top)
 
     def validate(self) -> None:
-        replace(self.train, epochs=self.finetune_epochs).validate()
-        self.recovery.validate()
-        validate_qat(self.qat)
         if not (math.isfinite(self.finetune_epochs) and self.finetune_epochs >= 0):
             raise ValueError(f"finetune_epochs={self.finetune_epochs} must be a finite number >= 0")
+        replace(self.train, epochs=self.finetune_epochs).validate()
+        validate_qat(self.qat)
 
     def identity(self) -> dict[str, Any]:
         """Every recipe value, each under its own name (for a trial's key)."""
@@ -129,7 +129,7 @@ class PruneBase:
     grid overrides, the precisions measured on every model, the device and the experiment."""
 
     model_uri: str
-    data: DataOptions = field(default_factory=lambda: DataOptions(None, None, None, None, None))
+    data: DataSpec = field(default_factory=DataSpec.inherited)
     recipe: Recipe = field(default_factory=Recipe)
     precisions: tuple[str, ...] = PRECISIONS
     device: str = "auto"
@@ -163,13 +163,18 @@ class TrialSpec:
         return base.recipe.with_overrides(self.overrides)
 
     def validate(self, base: PruneBase) -> None:
-        method = get_method(self.method)
-        method.resolve_options(self.options)
         if self.target_bytes is None:
             validate_ratio(self.ratio if self.ratio is not None else -1.0)
-        elif self.target_bytes <= 0:
-            raise ValueError(f"target_bytes={self.target_bytes} must be > 0")
         self.recipe(base).validate()
+        self.prune_spec(base, RunSpec(base.experiment_name, base.device, precisions=base.precisions))
+
+    def prune_spec(self, base: PruneBase, run: RunSpec) -> PruneSpec:
+        """The prune job of this trial (validated on construction): the trial's `seed` seeds pruning and fine-tuning."""
+        recipe = self.recipe(base)
+        return PruneSpec(base.model_uri, self.method, self.ratio if self.ratio is not None else 0.0,
+                         dict(self.options), recipe.finetune_epochs, self.target_bytes, recipe.target_metric,
+                         recipe.qat, recipe.arch, data=base.data, train=replace(recipe.train, seed=self.seed),
+                         recovery=recipe.recovery, run=run)
 
     def identity(self, base: PruneBase, model: str) -> dict[str, Any]:
         """Everything that decides the trial's result (its key hashes this and the code's identity)."""
@@ -295,14 +300,10 @@ class TrialOutcome:
 
 def run_prune_trial(task: TrialTask) -> str:
     """The prune job of one trial, in its pre-created run; returns the run id."""
-    base, spec = task.base, task.spec
-    recipe = spec.recipe(base)
-    run = RunOptions(base.experiment_name, base.device, progress=False, extra_tags=task.tags, nested=True,
-                     precisions=base.precisions, resume_run_id=task.run_id)
-    return prune_model(base.model_uri, spec.method, spec.ratio if spec.ratio is not None else 0.0, base.data,
-                       recipe.train, run, recipe.finetune_epochs, dict(spec.options), spec.target_bytes,
-                       recipe.target_metric, recipe.train.tta_flip, recipe.arch, recipe.qat, recipe.recovery,
-                       train_seed=spec.seed)
+    base = task.base
+    run = RunSpec(base.experiment_name, base.device, progress=False, extra_tags=task.tags, nested=True,
+                  precisions=base.precisions, resume_run_id=task.run_id)
+    return prune_model(task.spec.prune_spec(base, run))
 
 
 def execute_trial(task: TrialTask) -> TrialOutcome:
@@ -483,7 +484,7 @@ class TrialRunner:
         self.total = 0
 
     def key(self, spec: TrialSpec) -> str:
-        return step_key("prune", spec.identity(self.base, self.model))
+        return reuse_key("prune", spec.identity(self.base, self.model))
 
     def add(self, index: int, spec: TrialSpec) -> TrialResult | None:
         """Reuse a FINISHED trial (returned), or schedule this one (None: its result comes from next_result)."""
@@ -569,7 +570,7 @@ def model_origin(model_uri: str) -> str:
 def collect_orphans(experiment_name: str, log: Callable[[str], None] = print) -> None:
     """Before fanning out: mark the experiment's orphan runs KILLED (RUNNING, but their process is gone), so the
     study starts from an honest picture (tracking/gc.py)."""
-    from .tracking.gc import mark_orphans_killed
+    from prune_tracker.tracking.gc import mark_orphans_killed
 
     for orphan in mark_orphans_killed([experiment_name]):
         log(f"[gc] run {orphan.run_id} ({orphan.run_name}) marked KILLED: {orphan.reason}")
@@ -583,9 +584,8 @@ def run_baselines(results: Sequence[TrialResult], base: PruneBase, experiment_id
     trials that land on the same (arch, width, epochs) share one. Each is a `stage=train` run tagged
     `baseline=dense-small`, nested under the sweep's run; one that already FINISHED for the same base, width and
     budget is reused. Returns the baselines' run ids."""
-    from .baselines import dense_small_baseline, size_for_pruned_run
-    from .jobs import inherit_split
-    from .pipeline import baseline_target_metric
+    from prune_tracker.studies.baselines import dense_small_baseline, size_for_pruned_run
+    from prune_tracker.studies.pipeline import baseline_target_metric
 
     finished = [r for r in results if r.status == FINISHED and r.run_id]
     if not finished:
@@ -601,8 +601,8 @@ def run_baselines(results: Sequence[TrialResult], base: PruneBase, experiment_id
         epochs, sized = size_for_pruned_run(trial.run_id, tracking.run_metrics(trial.run_id), recipe.epochs,
                                             finetune_epochs, metric, arch, num_classes)
         planned.setdefault((sized.arch, sized.width, epochs), sized)
-    data = inherit_split(base.data, base_params)
-    run = RunOptions(base.experiment_name, base.device, progress=False, nested=True, precisions=base.precisions)
+    data = base.data.inherit(base_params)
+    run = RunSpec(base.experiment_name, base.device, progress=False, nested=True, precisions=base.precisions)
     baselines = []
     for (arch_name, width, epochs), sized in planned.items():
         tags = {k: v for k, v in sized.tags(epochs, base_run).items() if k != "baseline_target_bytes"}
@@ -622,7 +622,7 @@ def compare_trials(results: Iterable[TrialResult], experiment_id: str, stage: st
                    baseline_run_ids: Sequence[str] = (), **options: Any):
     """`compare` over the FINISHED trials' runs (and the dense-small baselines), as a run nested under the study's
     run; None when none finished."""
-    from .compare import run_compare
+    from prune_tracker.analysis.compare import run_compare
 
     finished = [r.run_id for r in results if r.status == FINISHED and r.run_id] + list(baseline_run_ids)
     if not finished:

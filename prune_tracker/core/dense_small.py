@@ -1,32 +1,23 @@
-"""Dense-small baselines: "does the pruned model beat a smaller dense model of the same size, trained with the same
-budget?" (Blalock et al. 2020; Liu et al. 2019).
+"""Dense-small sizing: the architecture and `width` whose dense model is at most a byte target in a footprint
+metric — the "smaller dense model of the same size" a pruned model must beat (Blalock et al. 2020; Liu et al. 2019).
 
-* :func:`size_dense_small` picks the architecture and `width` whose dense model is at most `target_bytes` in a
-  footprint metric (the one the pruning target or compare uses: `footprint_best_bytes`, `footprint_fp32_bytes`,
-  `footprint_best_int8_bytes`, ...). Measured, not estimated: each candidate model is built and measured by the
-  same code as a prune job's byte target (`jobs._target_measure`). Widths are searched on the grid k / 64
-  (k = 1 .. 256, so 1/64 .. 4); bytes never shrink as the width grows, so a bisection finds the largest width
-  that fits. Among several candidate architectures, the one whose fitted model is largest (closest to the
-  target) wins; ties go to the first listed.
-* :func:`dense_small_baseline` sizes and trains it (a `stage=train` run tagged `baseline=dense-small`, with
-  `baseline_target_bytes`, `baseline_target_metric`, `baseline_base_run_id` when the base is known,
-  `budget_epochs` and `width`) with the recipe it is given and `epochs` = the pruned model's total budget
-  (base epochs + fine-tuning epochs): equal training budget.
-
-`main -P baselines=true` calls these for each pruned model of each seed; `sweep` may call them the same way.
+:func:`size_dense_small` measures, not estimates: each candidate model is built and measured by the same code as a
+prune job's byte target (`core.flows.target_measure`). Widths are searched on the grid k / 64 (k = 1 .. 256, so
+1/64 .. 4); bytes never shrink as the width grows, so a bisection finds the largest width that fits. Among several
+candidate architectures, the one whose fitted model is largest (closest to the target) wins; ties go to the first
+listed. Training it is the studies' part (`studies/baselines.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from torch import nn
 
+from .flows import target_measure
 from .frontier import BASELINE_BASE_TAG, BASELINE_TAG, DENSE_SMALL
-from .jobs import DataOptions, RunOptions, _target_measure, train
 from .models import build_model, width_archs
-from .training import TrainConfig
 
 WIDTH_GRID = 64  # widths are k / WIDTH_GRID
 MAX_WIDTH_STEPS = 4 * WIDTH_GRID  # up to width 4
@@ -87,7 +78,7 @@ def size_dense_small(
         build_model(unsupported[0], num_classes)  # an unknown arch: its own error listing the known ones
         raise ValueError(f"arch {unsupported[0]!r} has no width multiplier; dense-small baselines take: "
                          f"{', '.join(width_archs())}")
-    measure_model = _target_measure(target_metric)
+    measure_model = target_measure(target_metric)
     measure_model(build_model(archs[0], num_classes))  # an unknown metric fails at once, naming the known ones
     best: DenseSmall | None = None
     smallest: dict[str, float] = {}
@@ -110,42 +101,5 @@ def size_dense_small(
     return best
 
 
-def size_for_pruned_run(run_id: str, metrics: Mapping[str, float], base_epochs: float, finetune_epochs: float,
-                        target_metric: str, arch: str, num_classes: int) -> tuple[float, DenseSmall]:
-    """The baseline of one pruned run: its total budget (base epochs + fine-tuning epochs + the method's own
-    retraining, `method_finetune_epochs`) and the `arch` model at most its `target_metric` bytes. ValueError (one
-    line) when the run logged no such metric or nothing fits."""
-    if target_metric not in metrics:
-        raise ValueError(f"prune run {run_id} logged no {target_metric} to size a dense-small baseline by")
-    epochs = base_epochs + finetune_epochs + metrics.get("method_finetune_epochs", 0.0)
-    return epochs, size_dense_small(metrics[target_metric], target_metric, [arch], num_classes)
-
-
 def _dense(arch: str, num_classes: int, width: float) -> nn.Module:
     return build_model(arch, num_classes, width=width).eval()
-
-
-def dense_small_baseline(
-    target_bytes: float,
-    epochs: float,
-    data: DataOptions,
-    config: TrainConfig,
-    run: RunOptions,
-    *,
-    archs: Sequence[str] = ("resnet20",),
-    target_metric: str = DEFAULT_TARGET_METRIC,
-    num_classes: int | None = None,
-    base_run_id: str | None = None,
-    sized: DenseSmall | None = None,
-) -> tuple[str, DenseSmall]:
-    """Size (:func:`size_dense_small`, unless `sized` is given) and train a dense-small baseline with `config`'s
-    recipe for `epochs` (the pruned model's total budget: base epochs + fine-tuning epochs); returns the train
-    run id and the chosen model. `num_classes` defaults to the dataset's; `base_run_id`: the base model it stands
-    in for (its compression reference in compare)."""
-    if num_classes is None:
-        num_classes = data.load().num_classes
-    sized = sized or size_dense_small(target_bytes, target_metric, archs, num_classes)
-    tags = {**run.extra_tags, **sized.tags(epochs, base_run_id)}
-    name = run.run_name or f"{DENSE_SMALL} {sized.arch} w{sized.width:g} {epochs:g}ep"
-    run = replace(run, extra_tags=tags, run_name=name)
-    return train(sized.arch, data, replace(config, epochs=epochs, width=sized.width), run), sized

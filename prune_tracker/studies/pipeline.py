@@ -9,30 +9,39 @@ always run again, since they read whatever the experiment holds now."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import tracking
-from .footprint import parse_bytes
-from .frontier import DENSE_SMALL, resolve_footprint
-from .jobs import DataOptions, Recovery, RunOptions, evaluate_model, prune_model, train
-from .models import build_model
-from .provenance import code_identity
-from .pruning import get_method, validate_ratio
-from .quant import PRECISIONS
-from .seeds import parse_seeds
-from .training import TrainConfig
+from prune_tracker import tracking
+from prune_tracker.core.footprint import parse_bytes
+from prune_tracker.core.frontier import DENSE_SMALL, resolve_footprint
+from prune_tracker.core.models import build_model
+from prune_tracker.core.pruning import get_method, validate_ratio
+from prune_tracker.core.quant import PRECISIONS
+from prune_tracker.core.seeds import parse_seeds
+from prune_tracker.core.training import TrainConfig
+from prune_tracker.jobs import (
+    DataSpec,
+    EvaluateSpec,
+    PruneSpec,
+    Recovery,
+    RunSpec,
+    TrainSpec,
+    evaluate_model,
+    prune_model,
+    train,
+)
+from prune_tracker.jobs.runs import start_run
+from prune_tracker.tracking.identity import code_identity, reuse_key
 
 STEP_KEY_TAG = "pipeline_step_key"
 SELECTION_METRIC = "val_accuracy"  # the champion is chosen on validation; test accuracy is reported beside it
 
 
-def demo_data() -> DataOptions:
-    return DataOptions(train_subset=0, val_size=2000)
+def demo_data() -> DataSpec:
+    return DataSpec(train_subset=0, val_size=2000)
 
 
 def demo_train() -> TrainConfig:
@@ -47,7 +56,7 @@ class PipelineConfig:
     only the quantised variants fit: int8 weights + a 1-bit mask)."""
 
     arch: str = "resnet20"
-    data: DataOptions = field(default_factory=demo_data)
+    data: DataSpec = field(default_factory=demo_data)
     train: TrainConfig = field(default_factory=demo_train)
     methods: list[str] = field(default_factory=lambda: ["lamp", "global_l1"])
     ratios: list[float] = field(default_factory=lambda: [0.75])
@@ -64,17 +73,17 @@ class PipelineConfig:
     precisions: tuple[str, ...] = PRECISIONS
     recovery: Recovery = field(default_factory=Recovery)
     # Seeds of the whole study (base, prune steps, baselines once per seed; compare averages over them); empty:
-    # the one seed of `data.seed`, with today's step names.
+    # the one seed of `train.seed`, with today's step names. The split (`data.split_seed`) is the same for all.
     seeds: list[int] = field(default_factory=list)
     # A dense-small baseline per pruned model: a dense `arch` at the largest width within its bytes (`footprint`,
     # or footprint_best_bytes for a non-byte footprint), trained for its total budget (base + fine-tuning epochs).
     baselines: bool = False
 
     def seed_list(self) -> list[int]:
-        return list(self.seeds) or [self.data.seed or 0]
+        return list(self.seeds) or [self.train.seed]
 
     def validate(self) -> None:
-        build_model(self.arch, width=self.train.width)
+        build_model(self.arch, zero_init=self.train.zero_init_residual, width=self.train.width)
         parse_seeds([str(s) for s in self.seeds])
         for name in self.methods:
             get_method(name)
@@ -83,7 +92,6 @@ class PipelineConfig:
         if not self.methods or not self.ratios:
             raise ValueError("methods and ratios must each name at least one value")
         self.train.validate()
-        self.recovery.validate()
         _check_budget(self.budget)
 
 
@@ -98,11 +106,6 @@ class PipelineResult:
 
 class PipelineError(RuntimeError):
     pass
-
-
-def step_key(stage: str, params: dict[str, Any], code: str | None = None) -> str:
-    blob = json.dumps({"stage": stage, "code": code or code_identity(), **params}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def resolve_budget(budget: str | None, base_fp32_bytes: float | None) -> str | None:
@@ -129,12 +132,12 @@ def _check_budget(budget: str | None) -> None:
 
 
 class _Steps:
-    def __init__(self, result: PipelineResult, experiment_id: str, base_options: RunOptions):
+    def __init__(self, result: PipelineResult, experiment_id: str, base_options: RunSpec):
         self.result, self.experiment_id, self.base_options = result, experiment_id, base_options
 
-    def run(self, name: str, stage: str, params: dict[str, Any], action: Callable[[RunOptions], str],
+    def run(self, name: str, stage: str, params: dict[str, Any], action: Callable[[RunSpec], str],
             reuse: bool = True) -> str | None:
-        key = step_key(stage, params)
+        key = reuse_key(stage, params)
         if reuse and (previous := tracking.finished_run_with_tag(self.experiment_id, STEP_KEY_TAG, key)):
             print(f"[main] {name}: reusing finished run {previous}", flush=True)
             self.result.steps[name] = previous
@@ -157,7 +160,7 @@ class _Steps:
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     config.validate()
-    run_options = RunOptions(config.experiment_name, config.device, config.progress, precisions=config.precisions)
+    run_options = RunSpec(config.experiment_name, config.device, config.progress, precisions=config.precisions)
     seeds = config.seed_list()
     with tracking.tracked_run("pipeline", config.experiment_name, "main",
                               {"dataset": config.data.dataset, "arch": config.arch}) as active:
@@ -188,8 +191,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
 
 
 def _with_seed(config: PipelineConfig, seed: int) -> PipelineConfig:
-    """The study of one seed: the data split and the training share it (as `train` does)."""
-    return replace(config, data=replace(config.data, seed=seed), train=replace(config.train, seed=seed))
+    """The study of one seed: training, pruning and fine-tuning use it; the split stays `data.split_seed`."""
+    return replace(config, train=replace(config.train, seed=seed))
 
 
 def _seed_study(config: PipelineConfig, steps: _Steps, result: PipelineResult, suffix: str) -> str:
@@ -199,12 +202,13 @@ def _seed_study(config: PipelineConfig, steps: _Steps, result: PipelineResult, s
                               warmup_fraction=0.0)
     common = {"arch": config.arch, **config.data.logged(), "precisions": list(config.precisions)}
     base = steps.run(f"train{suffix}", "train", {**common, **asdict(config.train)},
-                     lambda opts: train(config.arch, config.data, config.train, opts))
+                     lambda opts: train(TrainSpec(config.arch, config.data, config.train, opts)))
     if base is None:
         raise PipelineError(f"step 'train{suffix}' failed: " + result.failed[f"train{suffix}"])
     base_uri = f"runs:/{base}/model"
+    inherited = DataSpec.inherited(config.data.data_dir)  # the base run's split
     steps.run(f"evaluate-base{suffix}", "evaluate", {"model_uri": base_uri, **common, "tta": config.tta_flip},
-              lambda opts: evaluate_model(base_uri, config.data, opts, tta_flip=config.tta_flip))
+              lambda opts: evaluate_model(EvaluateSpec(base_uri, inherited, opts, tta_flip=config.tta_flip)))
     pruned: dict[str, str | None] = {}
     for method in config.methods:
         for ratio in config.ratios:
@@ -213,9 +217,9 @@ def _seed_study(config: PipelineConfig, steps: _Steps, result: PipelineResult, s
                       **config.recovery.logged(), "tta": config.tta_flip}
             pruned[f"{method}-{ratio}"] = steps.run(
                 f"prune-{method}-{ratio}{suffix}", "prune", params,
-                lambda opts, m=method, r=ratio: prune_model(
-                    base_uri, m, r, config.data, finetune_config, opts, config.finetune_epochs,
-                    tta_flip=config.tta_flip, recovery=config.recovery))
+                lambda opts, m=method, r=ratio: prune_model(PruneSpec(
+                    base_uri, m, r, finetune_epochs=config.finetune_epochs, data=inherited,
+                    train=replace(finetune_config, tta_flip=config.tta_flip), recovery=config.recovery, run=opts)))
     if config.baselines:
         _baseline_steps(config, steps, result, base, pruned, suffix)
     return base
@@ -233,7 +237,8 @@ def _baseline_steps(config: PipelineConfig, steps: _Steps, result: PipelineResul
     """A dense-small baseline per finished prune step, at most its bytes and trained for its total budget (base
     epochs + fine-tuning epochs + the method's own retraining); prune steps whose baseline comes out the same
     (arch, width, epochs) share one baseline run."""
-    from .baselines import DenseSmall, dense_small_baseline, size_for_pruned_run
+    from prune_tracker.core.dense_small import DenseSmall
+    from prune_tracker.studies.baselines import dense_small_baseline, size_for_pruned_run
 
     metric = baseline_target_metric(config.footprint)
     num_classes = int(float(tracking.run_params(base).get("num_classes", 10)))
@@ -263,15 +268,15 @@ def _baseline_steps(config: PipelineConfig, steps: _Steps, result: PipelineResul
 
 def _compare_register_report(config: PipelineConfig, steps: _Steps, result: PipelineResult,
                              aggregate: str | None = None) -> None:
-    from .compare import run_compare
-    from .report import run_report
+    from prune_tracker.analysis.compare import run_compare
+    from prune_tracker.analysis.report import run_report
 
     # The whole experiment for this dataset and architecture: reused steps belong to earlier pipeline runs.
     scope = {"dataset": config.data.dataset, "arch": config.arch, "footprint": config.footprint,
              "budget": config.budget, "metric": SELECTION_METRIC, **({"aggregate": aggregate} if aggregate else {})}
 
-    def compare_step(opts: RunOptions) -> str:
-        with opts.start("compare", {"dataset": config.data.dataset, "arch": config.arch}, "compare") as run:
+    def compare_step(opts: RunSpec) -> str:
+        with start_run(opts, "compare", {"dataset": config.data.dataset, "arch": config.arch}, "compare") as run:
             outcome = run_compare([config.experiment_name], **scope, register=config.register,
                                   registered_name=config.registered_name)
             print(outcome.table, flush=True)
@@ -282,15 +287,16 @@ def _compare_register_report(config: PipelineConfig, steps: _Steps, result: Pipe
 
     steps.run("compare", "compare", scope, compare_step, reuse=False)
 
-    def report_step(opts: RunOptions) -> str:
-        with opts.start("report", {"dataset": config.data.dataset, "arch": config.arch}, "report") as run:
+    def report_step(opts: RunSpec) -> str:
+        with start_run(opts, "report", {"dataset": config.data.dataset, "arch": config.arch}, "report") as run:
             run_report([config.experiment_name], **scope)
             return run.info.run_id
 
     steps.run("report", "report", scope, report_step, reuse=False)
     if result.champion_uri:
         # The champion may come from an earlier pipeline of the experiment: evaluate it on its own run's split.
-        inherited = DataOptions(None, config.data.data_dir, None, None, None)
+        inherited = DataSpec.inherited(config.data.data_dir)
         steps.run("evaluate-champion", "evaluate", {"model_uri": result.champion_uri, "run": result.run_id},
-                  lambda opts: evaluate_model(result.champion_uri, inherited, opts, tta_flip=config.tta_flip),
+                  lambda opts: evaluate_model(EvaluateSpec(result.champion_uri, inherited, opts,
+                                                           tta_flip=config.tta_flip)),
                   reuse=False)

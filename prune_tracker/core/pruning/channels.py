@@ -55,11 +55,14 @@ def _vgg_scope(model: nn.Module, skip_last: int) -> list[ChannelLayer]:
     return layers
 
 
+ZOO_PACKAGE = __name__.rsplit(".", 2)[0] + ".models."  # prune_tracker.core.models.
+
+
 def is_zoo_model(model: nn.Module) -> bool:
     """A model of prune-tracker's own zoo (CIFAR ResNets, VGG, ResNet-18): the scopes here apply to it. Any other
     model (torchvision, another tool's) is pruned on its dependency graph (`graph.py`)."""
     module = type(model).__module__
-    return module.startswith("prune_tracker.models.") and not module.endswith("torchvision_zoo")
+    return module.startswith(ZOO_PACKAGE) and not module.endswith("torchvision_zoo")
 
 
 class ScopeError(ValueError):

@@ -15,14 +15,11 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from . import tracking
-from .data import BatchLoader, DataSplits
-from .models import build_model
-from .models.foreign import check_runs_on, is_foreign_arch, parse_input_shape, shape_text
-
-
-def image_shape(splits: DataSplits) -> tuple[int, ...]:
-    return tuple(int(d) for d in splits.test.images.shape[1:])
+from prune_tracker import tracking
+from prune_tracker.core.data import BatchLoader, DataSplits
+from prune_tracker.core.flows import image_shape
+from prune_tracker.core.models import build_model
+from prune_tracker.core.models.foreign import check_runs_on, is_foreign_arch, parse_input_shape, shape_text
 
 
 def resolve_input_shape(loaded: tracking.LoadedModel, splits: DataSplits,
@@ -57,7 +54,7 @@ def is_foreign(loaded: tracking.LoadedModel) -> bool:
 def copy_loaded(loaded: tracking.LoadedModel) -> nn.Module:
     """A fresh copy to prune or train: rebuilt from the spec (zoo, torchvision), or a deep copy of a foreign
     module (only its own code builds it)."""
-    from .models import build_from_spec
+    from prune_tracker.core.models import build_from_spec
 
     if is_foreign(loaded):
         return copy.deepcopy(loaded.model)

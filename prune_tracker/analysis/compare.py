@@ -3,14 +3,14 @@
 Library API (the CLI / entry point calls these):
 
 * :func:`select` reads the candidate runs (via :mod:`prune_tracker.tracking.queries`) and parses the budget;
-  the front and the budget / floor answers come from :mod:`prune_tracker.frontier`.
+  the front and the budget / floor answers come from :mod:`prune_tracker.core.frontier`.
 * :func:`format_table`, :func:`table_rows`, :func:`rows_to_csv`, :func:`rows_to_json` and
   :func:`compare_figure` present the answer; :func:`run_compare` does it all and logs a ``compare`` run.
 
 Runs are ranked by ``metric`` (default ``val_accuracy``: choose on validation); the table shows the test
 accuracy beside it when the ranking metric is another one. A run is one point per deployment precision
 (``precisions``: fp16, int8, int4, w8a8; default every one found): its accuracy is ``<metric>_<p>`` and its
-footprint the precision's counterpart of ``footprint`` (rules: :mod:`prune_tracker.frontier`), so the front,
+footprint the precision's counterpart of ``footprint`` (rules: :mod:`prune_tracker.core.frontier`), so the front,
 the budget and the floor answers pick across precisions, and ``register`` registers the winning variant.
 """
 
@@ -27,8 +27,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from prune_tracker import tracking
-from prune_tracker.footprint import human_bytes
-from prune_tracker.frontier import (
+from prune_tracker.core.footprint import human_bytes
+from prune_tracker.core.frontier import (
     BASELINE_TAG,
     DENSE_SMALL,
     TEST_METRIC,
@@ -47,7 +47,7 @@ from prune_tracker.frontier import (
     precision_rank,
     resolve_footprint,
 )
-from prune_tracker.seeds import aggregate_points, fmt_mean_std, validate_aggregate
+from prune_tracker.core.seeds import aggregate_points, fmt_mean_std, validate_aggregate
 from prune_tracker.tracking import artifacts
 from prune_tracker.tracking.queries import DEFAULT_METRIC, RunQuery, found_precisions, query_runs
 from prune_tracker.tracking.registry import RegistrationResult, register_front
@@ -92,7 +92,7 @@ class Selection:
 def select(experiment_names: Sequence[str], options: CompareOptions) -> Selection:
     """Parse the budget, the precisions and ``aggregate`` (bad ones fail before any query), then read the
     candidate runs; ``aggregate="seed"`` makes runs that differ only by seed one point (means, standard deviations,
-    n: :mod:`prune_tracker.seeds`). The query holds the footprint with its shortcut expanded and the precisions as
+    n: :mod:`prune_tracker.core.seeds`). The query holds the footprint with its shortcut expanded and the precisions as
     a tuple (or None)."""
     scope: dict[str, Any] = dict(options)
     aggregate = validate_aggregate(scope.pop("aggregate", None))
@@ -177,7 +177,8 @@ def table_rows(
     the metric; ``accuracy_metric`` / ``footprint_metric`` name the metrics the row's values come from;
     ``baseline`` is ``dense-small`` for a dense-small baseline (else empty). With ``aggregate`` (points averaged
     over seeds) the accuracies are means, ``<metric>_std`` / ``test_accuracy_std`` their sample standard deviations
-    (empty for n=1) and ``n`` the number of seeds (runs)."""
+    (empty for n=1), ``n`` the number of distinct seeds and ``reruns`` the runs that repeated a seed (averaged into
+    it). ``compression``: times smaller than the root's dense fp32 reference (`core.frontier.dense_reference`)."""
     on_front = front_ids(points, front)
     rows = []
     for p in sorted(points, key=front_key):
@@ -185,7 +186,8 @@ def table_rows(
         test = {} if metric == TEST_METRIC else {TEST_METRIC: p.test_accuracy}
         if aggregate:
             test = {f"{metric}_std": p.accuracy_std, **test,
-                    **({} if metric == TEST_METRIC else {f"{TEST_METRIC}_std": p.test_accuracy_std}), "n": p.n}
+                    **({} if metric == TEST_METRIC else {f"{TEST_METRIC}_std": p.test_accuracy_std}), "n": p.n,
+                    "reruns": p.reruns}
         accuracy_name, footprint_metric = point_metric_names(p, metric, footprint_name)
         rows.append(
             {
@@ -242,16 +244,17 @@ def format_table(
     named after ``metric``, followed by ``test_accuracy`` unless that is the metric; each row's values are those
     of its ``precision`` (the footprint column: the precision's counterpart of ``footprint_name``). A dense-small
     baseline's method reads ``dense-small <arch> w<width>``. With ``aggregate`` the accuracies read
-    ``mean ± std (n=k)`` over seeds and the run id is the member closest to the mean."""
+    ``mean ± std (n=k)`` over distinct seeds (", r reruns" when runs repeated a seed) and the run id is the member
+    closest to the mean. The compression column is times smaller than the dense fp32 root."""
     with_test = metric != TEST_METRIC
     header = ("", "method", "ratio", "precision", metric, *([TEST_METRIC] if with_test else []), footprint_name,
-              "compression", "run id")
+              "x smaller (vs fp32)", "run id")
     lines = [header]
     on_front = front_ids(points, front)
     for p in sorted(points, key=front_key):
         if aggregate:
-            accuracy = fmt_mean_std(p.accuracy, p.accuracy_std, p.n)
-            test = [fmt_mean_std(p.test_accuracy, p.test_accuracy_std, p.n)] if with_test else []
+            accuracy = fmt_mean_std(p.accuracy, p.accuracy_std, p.n, reruns=p.reruns)
+            test = [fmt_mean_std(p.test_accuracy, p.test_accuracy_std, p.n, reruns=p.reruns)] if with_test else []
         else:
             accuracy, test = fmt_accuracy(p.accuracy), [fmt_accuracy(p.test_accuracy)] if with_test else []
         lines.append(("*" if p.key in on_front else "", point_method(p), fmt_ratio(p.ratio), p.precision,

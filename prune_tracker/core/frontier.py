@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from prune_tracker.footprint.units import parse_bytes
+from .footprint.units import parse_bytes
 
 TEST_METRIC = "test_accuracy"
 BASELINE_TAG = "baseline"  # tag of a baseline run; DENSE_SMALL: a smaller dense model at the pruned models' budget
@@ -49,9 +49,36 @@ PRECISION_FOOTPRINTS: dict[str, dict[str, str]] = {
 }
 
 
+# Names older stores hold for what is now one figure: the alias of the fp16 best-format bytes (dropped so that one
+# name stands for one figure); compare still reads a store that holds only the old name.
+LEGACY_FOOTPRINTS = {"footprint_best_fp16_bytes": "footprint_best_bytes"}
+DENSE_FP32_WEIGHTS = "footprint_fp32_bytes"
+DENSE_FP32_ACTIVATIONS = "activation_peak_fp32_bytes"
+
+
 def resolve_footprint(footprint: str) -> str:
-    """The footprint metric an option names: ``best`` / ``total`` shortcuts expanded, anything else as is."""
-    return FOOTPRINT_SHORTCUTS.get(footprint, footprint)
+    """The footprint metric an option names: ``best`` / ``total`` shortcuts and legacy names expanded."""
+    footprint = FOOTPRINT_SHORTCUTS.get(footprint, footprint)
+    return LEGACY_FOOTPRINTS.get(footprint, footprint)
+
+
+def dense_reference(root_metrics: Mapping[str, float], footprint: str) -> float | None:
+    """What "x smaller" divides, from the unpruned root's metrics: one meaning everywhere (compare, report, the
+    registry's tags, the benchmarks). Weight bytes (any format, any precision) against the root's dense fp32
+    weights; a total (weights + activations) against dense fp32 weights + the fp32 activation peak; an activation
+    peak against the fp32 peak; a non-byte footprint (FLOPs, MicroNet score) against the root's own value of it.
+    So a dense fp16 model is 2.00x smaller and its int8 file about 4x. None when the root lacks the metric."""
+    footprint = resolve_footprint(footprint)
+    if not footprint.endswith("_bytes"):
+        return root_metrics.get(footprint)
+    if footprint.startswith("activation_peak_"):
+        names = [DENSE_FP32_ACTIVATIONS]
+    elif footprint.startswith("total_"):
+        names = [DENSE_FP32_WEIGHTS, DENSE_FP32_ACTIVATIONS]
+    else:
+        names = [DENSE_FP32_WEIGHTS]
+    values = [root_metrics.get(name) for name in names]
+    return None if any(v is None for v in values) else float(sum(values))
 
 
 def precision_footprint(footprint: str, precision: str) -> str | None:
@@ -95,8 +122,9 @@ def parse_precisions(value: str | Iterable[str] | None) -> tuple[str, ...] | Non
 @dataclass(frozen=True)
 class RunPoint:
     """A finished run at one ``precision`` as a point (footprint, accuracy); ``root_*``: its unpruned
-    (stage=train) ancestor, whose footprint is its fp16 one for every precision (so the compression of a
-    quantised point counts quantisation too). Identity on a front: :attr:`key` = (run_id, precision)."""
+    (stage=train) ancestor and the dense fp32 reference of its footprint (:func:`dense_reference`), the same for
+    every precision (so the compression of a quantised point counts quantisation too). Identity on a front:
+    :attr:`key` = (run_id, precision)."""
 
     run_id: str
     experiment: str
@@ -121,6 +149,10 @@ class RunPoint:
     accuracy_std: float | None = None
     metric_std: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
     members: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    # The seeds along the run's lineage (root's first, its own last): distinct seeds are distinct samples; runs with
+    # the same seeds are reruns (`reruns`: how many an aggregated point folded into its per-seed means).
+    seeds: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    reruns: int = 0
     # Training epochs spent along the lineage (base epochs + every prune / fine-tune retraining); the identity of
     # the unpruned root (a dense-small baseline's root is the base it stands in for): `root_group`.
     budget_epochs: float | None = None
@@ -133,7 +165,7 @@ class RunPoint:
 
     @property
     def compression(self) -> float | None:
-        """root_footprint / footprint (1.0 for a train run), None when the root is unknown."""
+        """How many times smaller than the dense fp32 root (:func:`dense_reference`); None when unknown."""
         if not self.root_footprint or self.footprint <= 0:
             return None
         return self.root_footprint / self.footprint

@@ -5,7 +5,7 @@ per precision), a sparsity x precision table, accuracy-vs-pruning-ratio curves p
 per-layer sparsity of the front's models (``sparsity.json``) and their footprint breakdown (parameters vs
 activations; fp32 / fp16 / CSR / int8 / int4) from metrics and ``footprint.json``. A run is one point per
 precision (fp16, int8, int4, w8a8; ``precisions`` option, default every one found).
-:func:`run_report` reads the runs (via :func:`prune_tracker.compare.select`), builds the file and logs it
+:func:`run_report` reads the runs (via :func:`prune_tracker.analysis.compare.select`), builds the file and logs it
 as ``report/report.html`` of a ``stage=report`` run, so it opens in the MLflow UI. Runs are ranked by
 ``metric`` (default ``val_accuracy``); the runs table shows ``test_accuracy`` beside it.
 """
@@ -27,9 +27,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from prune_tracker import tracking
-from prune_tracker.compare import CompareOptions, compare_figure, fmt_accuracy, point_method, select
-from prune_tracker.footprint import FORMATS, human_bytes
-from prune_tracker.frontier import (
+from prune_tracker.analysis.compare import CompareOptions, compare_figure, fmt_accuracy, point_method, select
+from prune_tracker.core.footprint import FORMATS, human_bytes
+from prune_tracker.core.frontier import (
     DENSE_SMALL,
     TEST_METRIC,
     RunPoint,
@@ -42,7 +42,7 @@ from prune_tracker.frontier import (
     precision_rank,
     resolve_footprint,
 )
-from prune_tracker.seeds import fmt_mean_std
+from prune_tracker.core.seeds import fmt_mean_std
 from prune_tracker.tracking import artifacts
 from prune_tracker.tracking.queries import DEFAULT_FOOTPRINT, DEFAULT_METRIC
 
@@ -119,8 +119,8 @@ def _accuracy_cell(p: RunPoint, aggregate: bool, test: bool = False) -> str:
     if not aggregate:
         return fmt_accuracy(p.test_accuracy if test else p.accuracy)
     if test:
-        return fmt_mean_std(p.test_accuracy, p.test_accuracy_std, p.n)
-    return fmt_mean_std(p.accuracy, p.accuracy_std, p.n)
+        return fmt_mean_std(p.test_accuracy, p.test_accuracy_std, p.n, reruns=p.reruns)
+    return fmt_mean_std(p.accuracy, p.accuracy_std, p.n, reruns=p.reruns)
 
 
 def _label_with_precision(p: RunPoint) -> str:
@@ -587,8 +587,8 @@ def worth_it_section(points: Sequence[RunPoint], footprint_name: str, metric: st
     pairs = worth_it_pairs(points)
     if not pairs:
         return ('<p class="note">No dense-small baselines among these runs: run <code>main -P baselines=true</code> '
-                "(or <code>prune_tracker.baselines.dense_small_baseline</code>) to ask whether pruning beats a smaller "
-                "dense model of the same size trained with the same budget.</p>")
+                "(or <code>prune_tracker.studies.baselines.dense_small_baseline</code>) to ask whether pruning beats a "
+                "smaller dense model of the same size trained with the same budget.</p>")
     header = ["precision", "pruned", "bytes", metric, "epochs", "dense-small", "bytes", metric, "epochs", "Δ (pt)",
               "verdict"]
     rows = [[_e(pr.pruned.precision), _e(_label(pr.pruned)), human_bytes(pr.pruned.footprint),

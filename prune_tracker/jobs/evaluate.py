@@ -1,0 +1,38 @@
+"""`evaluate`: top-1 / top-5 / loss / per-class accuracy, the confusion matrix, CPU latency, the footprint and every
+deployment precision of a logged model, on the split it inherits from its lineage."""
+
+from __future__ import annotations
+
+from prune_tracker import tracking
+from prune_tracker.core.data import BatchLoader
+from prune_tracker.core.evaluation import classification_metrics, confusion_figure, latency_ms
+from prune_tracker.core.flows import Measurement
+from prune_tracker.core.training import predict_logits, resolve_device
+from prune_tracker.jobs.lineage import inherited_method, load_with_data, origin
+from prune_tracker.jobs.outputs import log_footprint, log_precisions
+from prune_tracker.jobs.runs import start_run
+from prune_tracker.jobs.specs import EvaluateSpec
+
+
+def evaluate_model(spec: EvaluateSpec) -> str:
+    """Evaluate `spec.model_uri`, logged to a new run; returns its id."""
+    run = spec.run
+    device = resolve_device(run.device)
+    found = load_with_data(spec.model_uri, spec.data, spec.arch, spec.input_shape)
+    loaded, splits, shape = found.model, found.splits, found.model.input_shape
+    model = loaded.model.to(device)
+    tags = {"parent_run_id": loaded.source_run_id, "source_model_uri": spec.model_uri, "dataset": splits.dataset,
+            "arch": loaded.spec["arch"], "split_seed": found.data.split_seed, **inherited_method(loaded)}
+    with start_run(run, "evaluate", tags, f"evaluate {loaded.spec['arch']} <- {origin(loaded)}") as active:
+        tracking.log_params({"model_uri": spec.model_uri, **found.data.logged(), "tta_flip": spec.tta_flip,
+                             "device": str(device), "precisions": ",".join(run.precisions)})
+        loader = BatchLoader(splits.test, spec.batch_size, splits.mean, splits.std, device=device)
+        result = classification_metrics(*predict_logits(model, loader, spec.tta_flip), splits.classes)
+        result.metrics["latency_ms_per_image_batch1"] = latency_ms(model, 1, shape)
+        result.metrics["latency_ms_per_image_batch128"] = latency_ms(model, 128, shape)
+        tracking.log_metrics(result.metrics)
+        tracking.log_dict(result.summary(), "evaluation.json")
+        tracking.log_figure(confusion_figure(result), "confusion_matrix.png")
+        footprint = log_footprint(model, input_shape=shape)
+        log_precisions(model, Measurement(splits, device, spec.tta_flip, run.precisions, shape), footprint)
+        return active.info.run_id
