@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check prune_tracker entrypoints tests benchmarks
 
 demo: $(STAMP)
-	DATA_DIR="$(DEMO_DATA_DIR)" $(BIN)/python -m prune_tracker.demo
+	DATA_DIR="$(DEMO_DATA_DIR)" $(BIN)/python -m prune_tracker.studies.demo
 
 clean-stores:
 	rm -rf mlflow.db mlruns mlartifacts

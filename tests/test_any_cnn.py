@@ -33,8 +33,8 @@ from prune_tracker.core.training import evaluate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_thread")]
 EXPERIMENT = "any-cnn"
-SPLIT = {"dataset": "synthetic", "train_subset": "1000", "val_size": "200", "seed": "0"}
-CLI_SPLIT = ["--dataset", "synthetic", "--train-subset", "1000", "--val-size", "200", "--seed", "0"]
+SPLIT = {"dataset": "synthetic", "train_subset": "1000", "val_size": "200", "split_seed": "0"}
+CLI_SPLIT = ["--dataset", "synthetic", "--train-subset", "1000", "--val-size", "200", "--split-seed", "0"]
 QUIET = ["--device", "cpu", "--no-progress", "--experiment-name", EXPERIMENT]
 METHODS = ("global_l1", "lamp", "li_filters")
 

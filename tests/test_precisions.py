@@ -142,7 +142,7 @@ def test_mixed_precision_front_and_answers(lab: tuple[MlflowClient, dict[str, st
     by_key = {p.key: p for p in result.candidates}
     p_int8, t_fp16, o = by_key[(ids["P"], "int8")], by_key[(ids["T"], "fp16")], by_key[(ids["O"], "fp16")]
     assert (p_int8.accuracy, p_int8.footprint, p_int8.test_accuracy) == (0.89, 2200.0, 0.885)
-    assert p_int8.compression == pytest.approx(8000 / 2200)  # against the unpruned fp16 root
+    assert p_int8.compression == pytest.approx(4 * 8000 / 2200)  # against the root's dense fp32 weights
     assert (t_fp16.accuracy, t_fp16.test_accuracy) == (0.919, 0.915)  # val_accuracy_fp16, not fp32's 0.92
     assert (o.accuracy, o.test_accuracy, o.footprint) == (0.86, 0.85, 800.0)  # old run: val/test_accuracy
     assert keys([result.best_under_budget], ids) == [("P", "int8")]  # .89 beats O .86, P w8a8 .88 within 3000

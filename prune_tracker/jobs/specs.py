@@ -22,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ..core.budget import check_budget
 from ..core.data import AUTO, DataSplits, load_splits
 from ..core.flows import TARGET_ALIASES
 from ..core.models import build_model
@@ -209,7 +210,7 @@ class PruneSpec:
     ratio: float = 0.5
     options: Mapping[str, Any] = field(default_factory=dict)
     finetune_epochs: float = 0.0
-    target_bytes: int | None = None
+    target_bytes: int | str | None = None  # bytes, or a fraction ("1/10") of the parent's dense fp32 weights
     target_metric: str = "footprint_best_bytes"
     qat: str = "none"
     arch: str | None = None
@@ -227,8 +228,8 @@ class PruneSpec:
         object.__setattr__(self, "target_metric", TARGET_ALIASES.get(self.target_metric, self.target_metric))
         object.__setattr__(self, "input_shape", parse_input_shape(self.input_shape))
         _check_epochs("finetune_epochs", self.finetune_epochs)
-        if self.target_bytes is not None and self.target_bytes <= 0:
-            raise ValueError(f"target_bytes={self.target_bytes} must be > 0")
+        if self.target_bytes is not None:
+            check_budget(self.target_bytes, "target_bytes")
         replace(self.train, epochs=self.finetune_epochs).validate()
         if (self.recovery.rounds or 1) > 1 and self.options.get("scope") in ("stage", "all"):
             raise ValueError(f"rounds={self.recovery.rounds} with scope={self.options['scope']} is not supported: "
