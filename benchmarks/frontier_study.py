@@ -384,9 +384,48 @@ def row_line(target: str, recipe: str, chosen: bool, kind: str, group: list[dict
             f"{versus} | {fmt(ort)} | {f'{statistics.fmean(onnx):,.0f}' if onnx else '-'} | {group[0]['where']} |")
 
 
+def figure(parent: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:
+    """Test accuracy (mean and std over seeds) against the bytes of the deployable format, log x axis: the parent
+    (dense fp32 and its int8 file), each target's recipes, and the controls; one PNG for the README."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.6), dpi=130)
+    ax = fig.add_subplot()
+    base = parent["metrics"]
+    ax.scatter([base["footprint_fp32_bytes"]], [100 * base["test_accuracy"]], marker="*", s=160, color="black",
+               label="parent (dense fp32)", zorder=3)
+    styles = {"pruned": ("o", "pruned (lamp)"), "dense_budget": ("s", "dense + budget"),
+              "dense_small": ("^", "dense-small, same bytes")}
+    for (kind, target, recipe), group in sorted(_groups(rows).items()):
+        marker, label = styles[kind]
+        test = [100 * accuracy_at(r, "test") for r in group]
+        mean, std = mean_std(test)
+        ax.errorbar([statistics.fmean(r["bytes"] for r in group)], [mean], yerr=[std or 0.0], fmt=marker,
+                    capsize=3, label=f"{label}: {target} {recipe}")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes of the deployable weights (int8 / int4; parent: fp32)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("CIFAR-10 (JPEG copy), ResNet-20: accuracy vs bytes (mean ± std over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["kind"], r["target"], r["recipe"]), []).append(r)
+    return groups
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("export", "rows", "one", "probe", "table"))
+    parser.add_argument("command", choices=("export", "rows", "one", "probe", "table", "figure"))
     parser.add_argument("--model", help="export: the parent's model URI")
     parser.add_argument("--parent", default=".gpu/parent.pt")
     parser.add_argument("--data-dir", default=None)
@@ -402,6 +441,7 @@ def main() -> None:
     parser.add_argument("--out", default="frontier_rows")
     parser.add_argument("--row", help="one: the row as JSON")
     parser.add_argument("--fit-deadline", action="store_true", help="rows: fit the budget to the deadline")
+    parser.add_argument("--png", default="docs/img/frontier.png", help="figure: where the PNG goes")
     parser.add_argument("--probe-seconds", type=float, default=12.0)
     parser.add_argument("--row-overhead", type=float, default=90.0,
                         help="seconds a row spends outside fine-tuning (ratio search, evaluation, saving)")
@@ -415,6 +455,8 @@ def main() -> None:
         run_rows(args)
     elif args.command == "probe":
         probe(args)
+    elif args.command == "figure":
+        figure(load_parent(Path(args.parent)), load_rows(Path(args.out)), Path(args.png))
     else:
         text = table(load_parent(Path(args.parent)), load_rows(Path(args.out)))
         print(text + "\n\n" + ANCHORS)
