@@ -72,7 +72,7 @@ TARGETS: dict[str, dict[str, Any]] = {  # name -> x smaller than the dense fp32 
     "20x-int4": {"factor": 20, "metric": "footprint_best_int4_bytes", "precision": "int4", "qat": "int4"},
 }
 PLANS = {  # target -> recipes compared there (each at every seed), with the dense + budget control of each
-    "headline": {"10x-int8": ["rewind", "distill+rewind"], "20x-int4": ["distill+rewind", "iterative+distill+rewind"]},
+    "headline": {"10x-int8": ["rewind", "distill+rewind"], "20x-int4": ["distill+rewind", "rewind"]},
     "smoke": {"10x-int8": ["rewind"]},
 }
 PRECISIONS = ("fp16", "int8", "int4")
@@ -155,17 +155,50 @@ def recovery_config(row: dict[str, Any], parent: dict[str, Any], lr: float):
     return config, finetune, rounds, round_epochs
 
 
-def train_dense_small(row: dict[str, Any], parent: dict[str, Any], splits, device: torch.device, target_bytes: float):
-    """The widest dense model of at most the row's bytes, trained from scratch with the parent's recipe."""
+def train_dense_small(row: dict[str, Any], parent: dict[str, Any], splits, device: torch.device, target_bytes: float,
+                      pretrained: Path | None = None):
+    """The widest dense model of at most the row's bytes, trained from scratch with the parent's recipe (or read from
+    `pretrained`, a file `pretrain` wrote for this target)."""
     target = TARGETS[row["target"]]
     arch = parent["spec"]["arch"]
     sized = size_dense_small(target_bytes, target["metric"], [arch], splits.num_classes)
     config = replace(logged_train_config(parent["train_params"]), width=sized.width, seed=int(row["seed"]))
+    extra = {"width": sized.width, "pretrain_epochs": config.epochs}
+    if pretrained is not None and pretrained.exists():
+        blob = torch.load(pretrained, map_location="cpu", weights_only=True)
+        model = build_from_spec(blob["spec"])
+        model.load_state_dict(blob["state_dict"])
+        return model, {**extra, **blob["extra"]}
     seed_everything(config.seed)
     model = build_model(arch, splits.num_classes, width=sized.width)
     trainer = Trainer(model, splits, config, device, progress=False)
+    started = time.perf_counter()
     fit(trainer)
-    return trainer.eval_model, {"width": sized.width, "pretrain_epochs": config.epochs}
+    extra["pretrain_seconds"] = time.perf_counter() - started
+    extra["pretrain_where"] = where(device)
+    extra["pretrain_metrics"] = evaluate_splits(trainer.eval_model, splits, device, True)
+    return trainer.eval_model, extra
+
+
+def pretrain(args: argparse.Namespace) -> None:
+    """The dense-small models of `--plan dense-small`, trained from scratch into `<out>/pretrained-<target>.pt`
+    (they need no parent weights, only its recipe; the rows' recovery then starts from them)."""
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    parent = load_parent(Path(args.parent))
+    splits = parent_splits(parent, args.data_dir)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for row in plan_rows("dense-small", args.epochs, [0]):
+        if args.target and row["target"] != args.target:
+            continue
+        target = TARGETS[row["target"]]
+        target_bytes = dense_reference(parent["metrics"], target["metric"]) / target["factor"]
+        model, extra = train_dense_small(row, parent, splits, device, target_bytes)
+        torch.save({"spec": architecture_spec(model.cpu(), parent["spec"]["arch"], splits.num_classes),
+                    "state_dict": model.cpu().state_dict(), "extra": extra}, out / f"pretrained-{row['target']}.pt")
+        print(f"{row['target']}: width {extra['width']:g}, {extra['pretrain_seconds']:.0f} s, "
+              f"val {extra['pretrain_metrics']['val_accuracy']:.4f} ({extra['pretrain_where']})", flush=True)
 
 
 def run_row(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -180,7 +213,8 @@ def run_row(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     teacher_model = parent_model(parent)
     if row["kind"] == "dense_small":
-        model, extra = train_dense_small(row, parent, splits, device, target_bytes)
+        model, extra = train_dense_small(row, parent, splits, device, target_bytes,
+                                         Path(args.out) / f"pretrained-{row['target']}.pt")
     else:
         model = copy.deepcopy(teacher_model)
     model = model.to(device)
@@ -425,7 +459,8 @@ def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("export", "rows", "one", "probe", "table", "figure"))
+    parser.add_argument("command", choices=("export", "rows", "one", "probe", "pretrain", "table", "figure"))
+    parser.add_argument("--target", default="", help="pretrain: only this target (e.g. 10x-int8)")
     parser.add_argument("--model", help="export: the parent's model URI")
     parser.add_argument("--parent", default=".gpu/parent.pt")
     parser.add_argument("--data-dir", default=None)
@@ -455,6 +490,8 @@ def main() -> None:
         run_rows(args)
     elif args.command == "probe":
         probe(args)
+    elif args.command == "pretrain":
+        pretrain(args)
     elif args.command == "figure":
         figure(load_parent(Path(args.parent)), load_rows(Path(args.out)), Path(args.png))
     else:
