@@ -123,5 +123,11 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     return markdown
 
 
+def tidy_click_page(html_text: str) -> str:
+    """The CLI reference as a reader should see it: help placeholders as text, and "–" where an option has no
+    default (click 8.3 reports its internal `Sentinel.UNSET` there, which mkdocs-click prints as is)."""
+    return escape_placeholders(html_text).replace("<code>Sentinel.UNSET</code>", "–")
+
+
 def on_page_content(html_text: str, page: Any, config: Any, files: Any) -> str:
-    return escape_placeholders(html_text) if "::: mkdocs-click" in (page.markdown or "") else html_text
+    return tidy_click_page(html_text) if "::: mkdocs-click" in (page.markdown or "") else html_text

@@ -44,6 +44,7 @@ def test_the_cli_reference_lists_every_command_and_option(site: Path) -> None:
         for option in command.params:
             assert all(opt in page for opt in getattr(option, "opts", ())), f"{name} {option.opts} missing"
     assert "&lt;dataset&gt;" in page and "<dataset>" not in page  # help placeholders shown, not hidden as tags
+    assert "Sentinel" not in page  # click's internal "no default" marker
 
 
 def test_the_entry_point_page_holds_every_mlproject_parameter(site: Path) -> None:
