@@ -10,16 +10,16 @@ prune_and_recover, precision_metrics); the jobs add only the logging.
     # 3. dense-small controls (narrow models: cheap on a CPU), the same recovery after their own training
     python benchmarks/frontier_study.py rows --parent .gpu/parent.pt --data-dir ... --plan dense-small --out ...
     # 4. ONNX Runtime int8 of every saved model (accuracy, .onnx bytes, latency on this CPU), then the table
-    python benchmarks/frontier_study.py deploy --parent .gpu/parent.pt --data-dir ... --rows results/rows
-    python benchmarks/frontier_study.py table --parent .gpu/parent.pt --rows results/rows --out frontier.md
+    python benchmarks/frontier_study.py deploy --parent .gpu/parent.pt --data-dir ... --out results/rows
+    python benchmarks/frontier_study.py table --parent .gpu/parent.pt --out results/rows
 
 Rows (`--plan headline`): per target (10x smaller in int8 bytes; 20x in int4 bytes with int4 QAT) and recovery
-recipe, seeds 0,1,2: the pruned model (lamp, the smallest ratio whose bytes fit: a ceiling) and the equal-budget
-control "dense + budget" (the parent through the same recovery, ratio 0). `--plan dense-small`: per target, the
-widest dense ResNet of at most the row's bytes, trained from scratch with the parent's recipe for the parent's
-epochs, then the same recovery: equal bytes, equal budget. Recipes, targets and winners are chosen on validation
-accuracy; test accuracy is reported beside it. "x smaller" is against the parent's dense fp32 weights
-(`core.frontier.dense_reference`). Every row says where it ran.
+recipe, seeds 0,1,2: the pruned model (lamp, the smallest ratio whose bytes fit: a ceiling), and with the first
+seed the equal-budget control "dense + budget" (the parent through the same recovery, ratio 0).
+`--plan dense-small`: per target, the widest dense ResNet of at most the row's bytes, trained from scratch with the
+parent's recipe for the parent's epochs, then the same recovery: equal bytes, equal budget. Recipes, targets and
+winners are chosen on validation accuracy; test accuracy is reported beside it. "x smaller" is against the parent's
+dense fp32 weights (`core.frontier.dense_reference`). Every row says where it ran.
 """
 
 from __future__ import annotations
@@ -128,12 +128,13 @@ def plan_rows(plan: str, epochs: float, seeds: Iterable[int]) -> list[dict[str, 
         for target, recipes in PLANS["headline"].items():
             rows.append({"kind": "dense_small", "target": target, "recipe": recipes[0], "seed": 0, "epochs": epochs})
     else:
+        seeds = list(seeds)
         for target, recipes in PLANS[plan].items():
             for recipe in recipes:
-                for seed in seeds:
-                    for kind in ("pruned", "dense_budget"):
-                        rows.append({"kind": kind, "target": target, "recipe": recipe, "seed": seed,
-                                     "epochs": epochs})
+                rows += [{"kind": "pruned", "target": target, "recipe": recipe, "seed": seed, "epochs": epochs}
+                         for seed in seeds]
+                rows.append({"kind": "dense_budget", "target": target, "recipe": recipe, "seed": seeds[0],
+                             "epochs": epochs})
     for row in rows:
         row["name"] = f"{row['kind']}-{row['target']}-{row['recipe']}-s{row['seed']}".replace("+", "_")
     return rows
@@ -213,18 +214,74 @@ def run_row(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return result_row
 
 
+def probe(args: argparse.Namespace) -> None:
+    """Fine-tuning steps of the parent for `--probe-seconds` (after a warm-up): prints steps per second, so the
+    driver can measure how `--jobs` processes share the device."""
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    parent = load_parent(Path(args.parent))
+    splits = parent_splits(parent, args.data_dir)
+    trainer = Trainer(parent_model(parent).to(device), splits, TrainConfig(epochs=1000, lr=0.01, schedule="cosine"),
+                      device, progress=False)
+    loader = (batch for _ in iter(int, 1) for batch in trainer.loader)  # epochs without end
+    for _ in range(20):  # warm-up: kernels chosen, memory allocated
+        trainer._train_step(*next(loader))
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < args.probe_seconds:
+        trainer._train_step(*next(loader))
+        steps += 1
+    print(json.dumps({"steps_per_second": steps / (time.perf_counter() - started),
+                      "steps_per_epoch": len(trainer.loader)}), flush=True)
+
+
+def measure_sharing(args: argparse.Namespace, jobs: int) -> dict[str, float]:
+    """Steps per second of one process alone and of each of `jobs` processes at once."""
+    def run(count: int) -> list[dict[str, float]]:
+        command = [sys.executable, __file__, "probe", *forwarded(args), "--probe-seconds", str(args.probe_seconds)]
+        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
+        return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+    alone, shared = run(1)[0], run(jobs)
+    rate = min(r["steps_per_second"] for r in shared)
+    return {"alone_steps_per_second": alone["steps_per_second"], "shared_steps_per_second": rate, "jobs": jobs,
+            "steps_per_epoch": alone["steps_per_epoch"],
+            "aggregate_speedup": rate * jobs / alone["steps_per_second"]}
+
+
+SLOWEST_RECIPE = 1.6  # distillation (a teacher forward) with int4 QAT costs about this much more than a plain step
+
+
+def fitting_epochs(sharing: dict[str, float], seconds: float, wanted: float, overhead: float) -> float:
+    """The fine-tuning budget every row can finish in `seconds` when all run at once (at most `wanted`), whole
+    epochs: measured, so a row is never cut short."""
+    epoch_seconds = sharing["steps_per_epoch"] / sharing["shared_steps_per_second"]
+    return float(min(wanted, max(1, int((seconds - overhead) / (SLOWEST_RECIPE * epoch_seconds)))))
+
+
 def run_rows(args: argparse.Namespace) -> None:
     """Each row in its own process (`--jobs` at a time), stopped at `--deadline` seconds: rows not done by then are
-    reported as not run, never guessed."""
+    reported as not run, never guessed. With `--fit-deadline`, the fine-tuning budget is first fitted to the
+    deadline from a measurement of how the processes share the device (every row gets the same budget)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parent = load_parent(Path(args.parent))
     splits = parent_splits(parent, args.data_dir)  # decodes (and caches) the data once, before the workers
     print(f"parent: test {parent['metrics']['test_accuracy']:.4f}; split: {len(splits.train)} train / "
           f"{len(splits.val)} val / {len(splits.test)} test, val labels digest "
-          f"{int((splits.val.labels * torch.arange(len(splits.val))).sum())}", flush=True)
+          f"{int((splits.val.labels * torch.arange(len(splits.val))).sum())}; {where(resolve_device(args.device))}",
+          flush=True)
     rows = [r for r in plan_rows(args.plan, args.epochs, [int(s) for s in args.seeds.split(",")])
             if not (out / f"{r['name']}.json").exists()]
+    if args.fit_deadline and rows:
+        started = time.monotonic()
+        sharing = measure_sharing(args, min(args.jobs, len(rows)))
+        left = args.deadline - (time.monotonic() - started)
+        epochs = fitting_epochs(sharing, left, args.epochs, args.row_overhead)
+        print(f"sharing: {json.dumps(sharing)}; fine-tuning budget {epochs:g} epochs per row", flush=True)
+        (out / "sharing.txt").write_text(json.dumps({**sharing, "epochs": epochs}))
+        args.deadline = left
+        for row in rows:
+            row["epochs"] = epochs
     started, running, pending = time.monotonic(), {}, list(rows)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     while pending or running:
@@ -327,9 +384,48 @@ def row_line(target: str, recipe: str, chosen: bool, kind: str, group: list[dict
             f"{versus} | {fmt(ort)} | {f'{statistics.fmean(onnx):,.0f}' if onnx else '-'} | {group[0]['where']} |")
 
 
+def figure(parent: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> None:
+    """Test accuracy (mean and std over seeds) against the bytes of the deployable format, log x axis: the parent
+    (dense fp32 and its int8 file), each target's recipes, and the controls; one PNG for the README."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.6), dpi=130)
+    ax = fig.add_subplot()
+    base = parent["metrics"]
+    ax.scatter([base["footprint_fp32_bytes"]], [100 * base["test_accuracy"]], marker="*", s=160, color="black",
+               label="parent (dense fp32)", zorder=3)
+    styles = {"pruned": ("o", "pruned (lamp)"), "dense_budget": ("s", "dense + budget"),
+              "dense_small": ("^", "dense-small, same bytes")}
+    for (kind, target, recipe), group in sorted(_groups(rows).items()):
+        marker, label = styles[kind]
+        test = [100 * accuracy_at(r, "test") for r in group]
+        mean, std = mean_std(test)
+        ax.errorbar([statistics.fmean(r["bytes"] for r in group)], [mean], yerr=[std or 0.0], fmt=marker,
+                    capsize=3, label=f"{label}: {target} {recipe}")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes of the deployable weights (int8 / int4; parent: fp32)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("CIFAR-10 (JPEG copy), ResNet-20: accuracy vs bytes (mean ± std over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6.5, loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["kind"], r["target"], r["recipe"]), []).append(r)
+    return groups
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("export", "rows", "one", "table"))
+    parser.add_argument("command", choices=("export", "rows", "one", "probe", "table", "figure"))
     parser.add_argument("--model", help="export: the parent's model URI")
     parser.add_argument("--parent", default=".gpu/parent.pt")
     parser.add_argument("--data-dir", default=None)
@@ -344,6 +440,11 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds; rows still running stop")
     parser.add_argument("--out", default="frontier_rows")
     parser.add_argument("--row", help="one: the row as JSON")
+    parser.add_argument("--fit-deadline", action="store_true", help="rows: fit the budget to the deadline")
+    parser.add_argument("--png", default="docs/img/frontier.png", help="figure: where the PNG goes")
+    parser.add_argument("--probe-seconds", type=float, default=12.0)
+    parser.add_argument("--row-overhead", type=float, default=90.0,
+                        help="seconds a row spends outside fine-tuning (ratio search, evaluation, saving)")
     args = parser.parse_args()
     args.data_dir = args.data_dir or None
     if args.command == "export":
@@ -352,6 +453,10 @@ def main() -> None:
         run_row(json.loads(args.row), args)
     elif args.command == "rows":
         run_rows(args)
+    elif args.command == "probe":
+        probe(args)
+    elif args.command == "figure":
+        figure(load_parent(Path(args.parent)), load_rows(Path(args.out)), Path(args.png))
     else:
         text = table(load_parent(Path(args.parent)), load_rows(Path(args.out)))
         print(text + "\n\n" + ANCHORS)

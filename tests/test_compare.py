@@ -309,7 +309,7 @@ def test_query_runs_filters_and_pages(local_lab: tuple[MlflowClient, dict[str, s
     query = RunQuery(["lab"], method="l1", stage="prune", filter_string="metrics.test_accuracy > 0.85")
     points, _ = query_runs(query)
     assert [p.run_id for p in points] == [ids["l1_50"]]  # test accuracies: l1_50 0.89, l1_90 0.79
-    assert points[0].root_footprint == 8000  # parent fetched although filtered out of the candidates
+    assert points[0].root_footprint == 4 * 8000  # dense fp32 weights of the parent, fetched although filtered out
     monkeypatch.setattr(queries, "PAGE_SIZE", 2)
     paged, missing = query_runs(RunQuery(["lab"], metric="test_accuracy"))
     assert len(missing) == 1

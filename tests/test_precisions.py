@@ -350,7 +350,7 @@ def test_report_marks_precisions(tmp_path: Path) -> None:
     # (dominated by b fp16) | 4300 .915 t int8 | 8000 .92 t fp16
     assert [p.key for p in front] == [("c", "int4"), ("c", "fp16"), ("b", "int8"), ("a", "int8"), ("b", "fp16"),
                                       ("t", "int8"), ("t", "fp16")]  # fmt: skip
-    text = report.build_report(points, front, {}, tmp_path).read_text()
+    text = report.build_report(report.ReportView(points, front), tmp_path).read_text()
     assert text.count('<tr class="front">') == 7
     assert text.count('src="data:image/png;base64,') == 1 + 3  # one front; ratio curves for fp16, int8, int4
     section = text[text.index("<h2>Sparsity x precision</h2>"):]

@@ -19,7 +19,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from ..core.budget import check_budget
@@ -129,7 +128,7 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", validate_precisions(self.precisions))
-        object.__setattr__(self, "extra_tags", MappingProxyType(dict(self.extra_tags)))
+        object.__setattr__(self, "extra_tags", dict(self.extra_tags))  # a copy: the caller's dict cannot change it
 
 
 @dataclass(frozen=True)
@@ -222,7 +221,7 @@ class PruneSpec:
 
     def __post_init__(self) -> None:
         method = get_method(self.method)
-        object.__setattr__(self, "options", MappingProxyType(method.resolve_options(dict(self.options))))
+        object.__setattr__(self, "options", method.resolve_options(dict(self.options)))  # resolved, a copy
         object.__setattr__(self, "ratio", validate_ratio(self.ratio))
         object.__setattr__(self, "qat", validate_qat(self.qat))
         object.__setattr__(self, "target_metric", TARGET_ALIASES.get(self.target_metric, self.target_metric))
