@@ -11,7 +11,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_DISABLE_TELEMETRY ?= true
 DEMO_DATA_DIR ?= $(DATA_DIR)
 
-.PHONY: venv test demo lint docs clean-stores benchmarks
+.PHONY: venv test mutants demo lint docs clean-stores benchmarks
 
 venv: $(STAMP)
 
@@ -21,8 +21,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The suite must leave the checkout exactly as it found it (tests write only to their temporary directories).
+# Two pytest-xdist workers (one torch thread each); a module's tests stay on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	scripts/unchanged_tree.sh $(BIN)/python -m pytest -q -ra --durations=10 -p no:cacheprovider
+	scripts/unchanged_tree.sh $(BIN)/python -m pytest -q -ra --durations=10 -p no:cacheprovider \
+		-n $(TEST_WORKERS) --dist loadgroup
+
+# Plant one bug at a time (resume, the ceiling search, selection on validation, byte rules, the trial key) in a copy
+# of the checkout and check that the tests named for it fail (scripts/mutants.py).
+mutants: $(STAMP)
+	$(BIN)/python scripts/mutants.py
 
 # The docs site (mkdocs.yml, docs/) into site/ (git-ignored); --strict: any warning (a broken link or anchor, a page
 # missing from the nav, a method without its section) fails the build. `make test` runs the same build (tests/test_docs.py).

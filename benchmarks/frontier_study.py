@@ -332,9 +332,11 @@ def run_rows(args: argparse.Namespace) -> None:
                 print(f"{time.monotonic() - started:6.0f} s  {name}: {status}", flush=True)
         if time.monotonic() - started > args.deadline:
             for name, (proc, log) in running.items():
+                finished = proc.poll() is not None  # ended since the loop above looked: its row counts if written
                 proc.kill()
                 log.close()
-                print(f"deadline: {name} stopped, not run", flush=True)
+                written = finished and (out / f"{name}.json").exists()
+                print(f"deadline: {name} {'done' if written else 'stopped, not run'}", flush=True)
             print(f"deadline: {len(pending)} row(s) never started", flush=True)
             return
         time.sleep(2)

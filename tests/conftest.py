@@ -20,6 +20,20 @@ os.environ.pop("MLFLOW_RUN_ID", None)
 # Entry points run `python entrypoints/...`: the python of this environment must come first on PATH.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Nothing is written to the user's home: matplotlib's and Ray's caches, Ray's session files and usage stats stay in
+# the session directory (HOME itself points there, for any library that writes under ~).
+os.environ["HOME"] = str(_SESSION_DIR / "home")
+os.environ["MPLCONFIGDIR"] = str(_SESSION_DIR / "matplotlib")
+os.environ["RAY_TMPDIR"] = str(_SESSION_DIR / "ray")
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# One intra-op thread per process: pytest-xdist runs two workers on two cores, and child processes (`mlflow run`,
+# the CLI, servers) inherit this; a second thread per process would only wait.
+for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_threads] = "1"
+# A few hundred synthetic test images instead of 1,000 (prune runs evaluate the test split several times).
+os.environ["PRUNE_TRACKER_SYNTHETIC_TEST"] = "400"
+for _dir in ("home", "matplotlib", "ray"):
+    (_SESSION_DIR / _dir).mkdir()
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from conftest import ...` after the chdir
 os.chdir(_SESSION_DIR)
 
@@ -70,6 +84,46 @@ def _isolated_mlflow_state(monkeypatch):
     while mlflow.active_run() is not None:
         mlflow.end_run()
     fluent._active_experiment_id = None
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """pytest-xdist (`--dist loadgroup`): a module's tests stay on one worker (module fixtures train once) unless
+    the module names its own group (the server modules share one: their servers start once)."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
+_MODULE_SECONDS: dict[str, float] = {}
+_MODULE_TESTS: dict[str, int] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Seconds per test module (setup + call + teardown), gathered where the reports arrive (xdist: the controller)."""
+    module = report.nodeid.split("::")[0]
+    _MODULE_SECONDS[module] = _MODULE_SECONDS.get(module, 0.0) + report.duration
+    if report.when == "call":
+        _MODULE_TESTS[module] = _MODULE_TESTS.get(module, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """The per-module durations, printed and saved as a markdown table beside the session's temporary directory
+    (docs/development.md reads such a table)."""
+    if hasattr(config, "workerinput") or not _MODULE_SECONDS:
+        return
+    import platform
+
+    cpu = "AVX512_BF16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "AVX2 or older"
+    if os.environ.get("ATEN_CPU_CAPABILITY") == "avx2":  # how an AVX2-only machine is emulated on an AVX512 one
+        cpu += f" with AVX2 kernels forced (ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '-')})"
+    lines = ["| module | tests | seconds (summed over workers) |", "|---|---:|---:|"]
+    for module, seconds in sorted(_MODULE_SECONDS.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| `{module}` | {_MODULE_TESTS.get(module, 0)} | {seconds:.1f} |")
+    table = "\n".join(lines)
+    out = Path(tempfile.gettempdir()) / "prune-tracker-test-durations.md"
+    out.write_text(f"{os.cpu_count()} CPUs ({cpu}, {platform.processor() or platform.machine()})\n\n{table}\n")
+    terminalreporter.write_sep("=", f"seconds per module (saved in {out})")
+    terminalreporter.write_line(table)
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

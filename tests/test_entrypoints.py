@@ -1,6 +1,9 @@
-"""End to end through `mlflow run . -e <entry point> --env-manager local` on synthetic data, read back with
-MlflowClient: runs FINISHED, metrics sane, models reload and reproduce the logged accuracy, lineage tags,
-bad input ends with one line, a non-zero exit and no run left RUNNING."""
+"""End to end on synthetic data, read back with MlflowClient: runs FINISHED, metrics sane, models reload and
+reproduce the logged accuracy, lineage tags, bad input ends with one line, a non-zero exit and no run left RUNNING.
+
+`mlflow run . -e <entry point> --env-manager local` (MLproject, entry-point script, a subprocess: ~15 s of imports
+each) runs once per entry point here (train, prune, evaluate, finetune) plus one bad input; every other case runs
+the same command in-process (click's CliRunner), which checks the same logging."""
 
 from __future__ import annotations
 
@@ -87,25 +90,36 @@ def base_run():
     return last_run()
 
 
-# Through `mlflow run` (MLproject, entry-point script, subprocess); every other method runs the same `prune`
-# command in-process, which checks the same logging without paying ~15 s of imports per method.
-VIA_MLFLOW_RUN = ("global_l1", "li_filters", "thinet")
+# Through `mlflow run` with the default precisions; every other method runs the same `prune` command in-process
+# with precisions="" (the precisions are the same code for every method).
+VIA_MLFLOW_RUN = "global_l1"
+
+
+def invoke(command: str, params: dict[str, str], experiment: str = EXPERIMENT):
+    """`prune-tracker <command>` in-process with MLproject-style parameters; the finished run."""
+    args = [f"--{key}={value}" for key, value in params.items()]
+    result = CliRunner().invoke(cli, [command, *args, "--experiment-name", experiment, "--no-progress"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return MlflowClient().get_run(re.search(rf"{command} run (\w+) finished", result.output).group(1))
 
 
 @pytest.fixture(scope="module")
 def prune_runs(base_run):
     params = {**SYNTHETIC_DATA, "model_uri": f"runs:/{base_run.info.run_id}/model", "ratio": "0.5",
               "finetune_epochs": "0.3", "device": "cpu", "batch_size": "64"}
-    runs = dict(zip(VIA_MLFLOW_RUN, submit_runs([("prune", {**params, "method": m}) for m in VIA_MLFLOW_RUN]),
-                    strict=True))
-    for method in set(known_methods()) - set(VIA_MLFLOW_RUN):
-        # precisions are measured by the runs through `mlflow run` above; here only the method's own logging
-        args = [f"--{key}={value}" for key, value in {**params, "method": method, "precisions": ""}.items()]
-        result = CliRunner().invoke(cli, ["prune", *args, "--experiment-name", EXPERIMENT, "--no-progress"],
-                                    catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        runs[method] = MlflowClient().get_run(re.search(r"prune run (\w+) finished", result.output).group(1))
+    assert_ok(mlflow_run("prune", {**params, "method": VIA_MLFLOW_RUN}))
+    runs = {VIA_MLFLOW_RUN: last_run()}
+    for method in sorted(set(known_methods()) - {VIA_MLFLOW_RUN}):
+        runs[method] = invoke("prune", {**params, "method": method, "precisions": ""})
     return runs
+
+
+def changed_widths(base_spec: dict, pruned_spec: dict) -> dict[str, tuple[int, int]]:
+    """Conv layers whose output channels changed: {name: (before, after)}."""
+    return {name: (shape["out_channels"], pruned_spec["layers"][name]["out_channels"])
+            for name, shape in base_spec["layers"].items()
+            if shape["type"] == "Conv2d" and pruned_spec["layers"][name]["out_channels"] != shape["out_channels"]}
 
 
 def test_train_run_is_finished_sane_and_reloads(base_run):
@@ -125,10 +139,7 @@ def test_train_run_is_finished_sane_and_reloads(base_run):
 
 
 def test_evaluate_entry_point(base_run):
-    proc = mlflow_run("evaluate", {**SYNTHETIC_DATA, "model_uri": f"runs:/{base_run.info.run_id}/model",
-                                   "device": "cpu"})
-    assert_ok(proc)
-    run = last_run()
+    run = invoke("evaluate", {**SYNTHETIC_DATA, "model_uri": f"runs:/{base_run.info.run_id}/model", "device": "cpu"})
     assert run.data.tags["stage"] == "evaluate" and run.data.tags["parent_run_id"] == base_run.info.run_id
     assert run.data.metrics["test_accuracy"] == pytest.approx(base_run.data.metrics["test_accuracy"], abs=1e-6)
     assert run.data.metrics["test_top5_accuracy"] >= run.data.metrics["test_accuracy"]
@@ -148,12 +159,17 @@ def test_prune_entry_point_every_method(prune_runs, base_run, method):
             "params_total", "params_nonzero", "params_reduction", "prune_seconds", *FOOTPRINT_KEYS} <= set(metrics)
     assert any(key.startswith("sparsity.") for key in metrics)
     assert metrics["params_reduction"] > 0.2
+    if get_method(method).ratio_kind == "channels":  # the default scope: each block's conv1 keeps half its filters
+        base_spec = tracking.load_model(f"runs:/{base_run.info.run_id}/model").spec
+        cut = changed_widths(base_spec, tracking.load_model(f"runs:/{run.info.run_id}/model").spec)
+        blocks = [name for name in base_spec["layers"] if re.fullmatch(r"layer\d\.\d+\.conv1", name)]
+        assert set(cut) == set(blocks) and all(after == before // 2 for before, after in cut.values()), cut
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert {"sparsity.json", "sparsity.png", "footprint.json", "model_spec"} <= artifacts
     assert reproduce_accuracy(run) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
     if get_method(method).ratio_kind == "weights":
         assert metrics["sparsity_global"] == pytest.approx(0.5, abs=0.01)
-    if method in VIA_MLFLOW_RUN:  # the default precisions: every one measured, the int8 file reloads
+    if method == VIA_MLFLOW_RUN:  # the default precisions: every one measured, the int8 file reloads
         assert {"test_accuracy_int8", "test_accuracy_int4", "test_accuracy_w8a8", "total_w8a8_bytes"} <= set(metrics)
         int8 = tracking.load_model(f"runs:/{run.info.run_id}/model_int8")
         splits = load_splits("synthetic", train_subset=1000, val_size=200)
@@ -186,8 +202,7 @@ def test_prune_with_distillation_rewind_and_rounds(base_run):
               "finetune_epochs": "0.3", "device": "cpu", "batch_size": "64", "precisions": "",
               "distill_alpha": "0.5", "distill_temperature": "4", "finetune_schedule": "rewind", "rounds": "2",
               "round_epochs": "0.2"}
-    assert_ok(mlflow_run("prune", params, experiment="e2e-recipes"))
-    run = last_run("e2e-recipes")
+    run = invoke("prune", params, experiment="e2e-recipes")
     assert run.info.status == "FINISHED" and run.data.params["finetune_schedule"] == "rewind"
     assert run.data.params["distill_alpha"] == "0.5" and run.data.params["rounds"] == "2"
     client = MlflowClient()
@@ -203,9 +218,11 @@ def test_prune_with_distillation_rewind_and_rounds(base_run):
 @pytest.fixture(scope="module")
 def finetune_runs(prune_runs):
     parents = {"unstructured": prune_runs["global_l1"], "structured": prune_runs["li_filters"]}
-    jobs = [("finetune", {**SYNTHETIC_DATA, "model_uri": f"runs:/{parent.info.run_id}/model", "epochs": "1",
-                          "device": "cpu", "batch_size": "64"}) for parent in parents.values()]
-    return {kind: (parents[kind], run) for kind, run in zip(parents, submit_runs(jobs), strict=True)}
+    params = {kind: {**SYNTHETIC_DATA, "model_uri": f"runs:/{parent.info.run_id}/model", "epochs": "1",
+                     "device": "cpu", "batch_size": "64"} for kind, parent in parents.items()}
+    assert_ok(mlflow_run("finetune", params["unstructured"]))
+    runs = {"unstructured": last_run(), "structured": invoke("finetune", {**params["structured"], "precisions": ""})}
+    return {kind: (parents[kind], runs[kind]) for kind in parents}
 
 
 def test_finetune_keeps_unstructured_zeros(finetune_runs):
@@ -230,14 +247,16 @@ def test_finetune_keeps_structured_architecture(finetune_runs):
     assert run.data.metrics["params_total"] == parent.data.metrics["params_total"]
 
 
-@pytest.mark.parametrize("entry,params,message", [
-    ("prune", {"method": "nope"}, "unknown method 'nope'"),
-    ("train", {"lr": "abc"}, "'abc' is not a number"),
-])
-def test_bad_input_through_mlflow_run(base_run, entry, params, message):
-    full = {**SYNTHETIC_DATA, "model_uri": f"runs:/{base_run.info.run_id}/model", **params} if entry == "prune" \
-        else {**QUICK_TRAIN, **params}
-    proc = mlflow_run(entry, full, experiment="e2e-bad")
+def test_bad_input_through_mlflow_run(base_run):
+    full = {**SYNTHETIC_DATA, "model_uri": f"runs:/{base_run.info.run_id}/model", "method": "nope"}
+    proc = mlflow_run("prune", full, experiment="e2e-bad")
     assert proc.returncode != 0
-    assert message in proc.stderr
+    assert "unknown method 'nope'" in proc.stderr
     assert no_running_runs("e2e-bad")
+
+
+def test_bad_input_in_process():
+    result = CliRunner().invoke(cli, ["train", *(f"--{k}={v}" for k, v in QUICK_TRAIN.items()), "--lr", "abc",
+                                      "--experiment-name", "e2e-bad-in-process"])
+    assert result.exit_code == 2 and "'abc' is not a number" in result.output
+    assert no_running_runs("e2e-bad-in-process")

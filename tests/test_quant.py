@@ -29,6 +29,7 @@ from prune_tracker.core.quant import (
     format_bytes,
     int8_activation_bytes,
     load_quantized,
+    model_bytes,
     quantize_tensor,
     quantize_weights,
     quantized_bytes,
@@ -220,6 +221,18 @@ def test_fake_quant_model_error_small(sparse_resnet20):
 
 
 # --- bytes per format ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("precision,expected", [("int8", 3148), ("int4", 1700)])
+def test_model_bytes_counted_by_hand(precision, expected):
+    """A literal, not the code under test: two 3x3 convs (3->16, 16->16, no bias) with BatchNorm, then Linear(16, 10).
+    Folded: 432 + 2,304 + 160 weights (1 or 1/2 byte each), 16 + 16 + 10 fp32 biases (168 B), one fp16 scale per
+    output channel (42 x 2 = 84 B): int8 2,896 + 168 + 84 = 3,148 B; int4 1,448 + 168 + 84 = 1,700 B."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    assert model_bytes(model, precision)["total_bytes"] == expected
 
 
 def test_int4_odd_count_rounds_up():

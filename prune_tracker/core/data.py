@@ -32,6 +32,8 @@ NORMALIZATION = {
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
 SYNTHETIC_TRAIN, SYNTHETIC_TEST = 4000, 1000
+# The test suite shrinks the synthetic test split (evaluated several times per prune run) with this variable.
+SYNTHETIC_TEST_ENV = "PRUNE_TRACKER_SYNTHETIC_TEST"
 AUTO = "auto"  # val_size: 5,000 images from a CIFAR-sized training set, else 10% of it (see resolve_val_size)
 CIFAR_VAL_SIZE, CIFAR_TRAIN_SIZE = 5000, 50_000
 
@@ -205,6 +207,14 @@ def _download(dataset: str) -> tuple[ImageSet, ImageSet, list[str], str]:
 # ---------------------------------------------------------------- synthetic data
 
 
+def synthetic_test_size() -> int:
+    """Images in synthetic's test split: 1,000, or `$PRUNE_TRACKER_SYNTHETIC_TEST` (the tests use a few hundred)."""
+    text = os.environ.get(SYNTHETIC_TEST_ENV, str(SYNTHETIC_TEST))
+    if not text.isdigit() or int(text) < 1:
+        raise DataError(f"{SYNTHETIC_TEST_ENV}={text!r} is not allowed: a positive number of images")
+    return int(text)
+
+
 def synthetic_images(n: int, num_classes: int, seed: int) -> ImageSet:
     """Class-dependent, learnable CIFAR-shaped images: a smooth per-class colour pattern plus noise and a
     random shift, so a small CNN learns it well above chance in an epoch or two."""
@@ -298,7 +308,7 @@ def load_splits(
     if dataset == "synthetic":
         classes_n = num_classes or 10
         full_train = synthetic_images(SYNTHETIC_TRAIN, classes_n, seed=1)
-        test = synthetic_images(SYNTHETIC_TEST, classes_n, seed=2)
+        test = synthetic_images(synthetic_test_size(), classes_n, seed=2)
         classes, source = [f"class_{i}" for i in range(classes_n)], "synthetic"
     elif data_dir:
         full_train, test, classes, source = _read_local(Path(data_dir).expanduser(), dataset)
