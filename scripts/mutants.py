@@ -36,8 +36,8 @@ class Mutant:
 
 MUTANTS = (
     Mutant("resume", "prune_tracker/core/training.py",
-           '    def load_state_dict(self, state: dict[str, Any]) -> None:\n        self.model.load_state_dict(state["model"])',
-           "    def load_state_dict(self, state: dict[str, Any]) -> None:\n        return  # mutant: resume loads nothing",
+           'None:\n        self.model.load_state_dict(state["model"])',
+           "None:\n        return  # mutant: resume loads nothing",
            ("tests/test_training.py::test_resume_from_checkpoint_gives_the_same_weights",
             "tests/test_cli.py::test_resume_after_interruption_reaches_the_same_weights")),
     Mutant("ceiling-search", "prune_tracker/core/pruning/target.py",
