@@ -100,6 +100,7 @@ class PruningMethod:
     ratio_kind: ClassVar[str] = "weights"  # what `ratio` removes: weights | channels | params
     params: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    minimums: ClassVar[dict[str, float]] = {}  # option -> smallest allowed value (numeric options)
     summary: ClassVar[str] = ""
 
     def resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +111,9 @@ class PruningMethod:
         resolved = dict(self.params)
         for key, value in options.items():
             resolved[key] = _coerce(self.name, key, value, self.params[key], self.choices.get(key))
+        for key, low in self.minimums.items():
+            if resolved[key] < low:
+                raise ValueError(f"{self.name}: option {key}={resolved[key]!r} must be >= {low:g}")
         return resolved
 
     def prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **options: Any) -> PruneResult:
