@@ -191,10 +191,9 @@ class GraphPruner:
 
     def _why_whole(self, group: GraphGroup, tp_group) -> str | None:
         """Why a group cannot be cut (it is then kept whole), else None; sets `group.chunks`."""
-        for item in tp_group.items:
-            site = regroup_site(item.dep.target)
-            if site:
-                return f"its channels pass through a channel shuffle / reshape of the channel axis in {site}"
+        sites = [site for item in tp_group.items if (site := regroup_site(item.dep.target))]
+        if sites:
+            return f"its channels pass through a channel shuffle / reshape of the channel axis in {min(sites)[1]}"
         chunks = 1
         for cut in self._cuts(self.full(group)):
             module = cut.module
@@ -398,8 +397,9 @@ def _zero_inputs(idxs: list[int], dim: int):
 
 
 def graph_channels(model: nn.Module, example_input: Tensor, skip_last: int = 0) -> dict[str, int]:
-    """Channels of every prunable group now, by group name (what `rounds` count on a model outside the zoo)."""
-    return {g.name: g.channels for g in GraphPruner(model, example_input).groups(skip_last)}
+    """Channels of every prunable group now (per block, for a group of grouped convs: what a ratio counts), by
+    group name (what `rounds` count on a model outside the zoo)."""
+    return {g.name: g.positions for g in GraphPruner(model, example_input).groups(skip_last)}
 
 
 def random_scores(seed: int) -> Callable[[GraphPruner, GraphGroup], Tensor]:

@@ -51,8 +51,8 @@ class ChannelRegroup(torch.autograd.Function):
     """Stands in for a channel-regrouping op during tracing: its value, one autograd node, the module's name."""
 
     @staticmethod
-    def forward(ctx: Any, source: Tensor, value: Tensor, site: str) -> Tensor:
-        ctx.site = site
+    def forward(ctx: Any, source: Tensor, value: Tensor, site: tuple[int, str]) -> Tensor:
+        ctx.site = site  # (order of the op in the forward pass, module name)
         return value.clone()
 
     @staticmethod
@@ -63,25 +63,27 @@ class ChannelRegroup(torch.autograd.Function):
 class _MarkRegroups(TorchFunctionMode):
     def __init__(self, stack: list[str]):
         super().__init__()
-        self.stack = stack
+        self.stack, self.count = stack, 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
         if args and (func in _CHANNEL_OPS or (func in _RESHAPES and _regroups(args[0], result))) and \
                 isinstance(args[0], Tensor) and args[0].requires_grad:
-            site = (self.stack[-1] if self.stack else "") or "<model>"
-            return ChannelRegroup.apply(args[0], result.detach(), site)
+            self.count += 1
+            return ChannelRegroup.apply(args[0], result.detach(), (self.count, self.stack[-1] if self.stack else "?"))
         return result
 
 
-def regroup_site(node: Any) -> str | None:
-    """The module whose forward regrouped channels at this graph node, else None."""
+def regroup_site(node: Any) -> tuple[int, str] | None:
+    """(order in the forward pass, name of the module whose forward ran it) of a channel regrouping at this graph
+    node, else None."""
     return getattr(getattr(node, "grad_fn", None), "site", None)
 
 
 def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's DependencyGraph of `model` traced on `example_input`, channel regroupings marked."""
     names = {m: n for n, m in model.named_modules()}
+    names[model] = f"{type(model).__name__}.forward"
     stack: list[str] = []
     handles = []
 
