@@ -47,6 +47,7 @@ def prune_model(spec: PruneSpec) -> str:
     config = recipe_config(replace(spec.train, epochs=spec.finetune_epochs), spec.recovery, loaded)
     arch, options = loaded.spec["arch"], dict(spec.options)
     model = copy_loaded(loaded).to(device)
+    method.check_model(model, options)
     seed_everything(config.seed)
     ctx = prune_context(splits, config, device, run.progress, config.tta_flip,
                         teacher(spec.recovery, loaded, splits, device), loaded.input_shape)

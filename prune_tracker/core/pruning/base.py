@@ -138,6 +138,10 @@ class PruningMethod:
         result.details["finetune_seconds"] = timer.seconds
         return result
 
+    def check_model(self, model: nn.Module, options: dict[str, Any]) -> None:
+        """Refuse (ValueError, one line) a model this method cannot prune with these resolved options, before any
+        work is done (the prune job calls it before it starts a run). Default: nothing to check."""
+
     def _prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **opts: Any) -> PruneResult:
         raise NotImplementedError
 

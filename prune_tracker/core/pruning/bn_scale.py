@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch_pruning as tp
+from torch import nn
 
 from .base import register_method
 from .criteria import CriterionMethod
@@ -27,3 +28,9 @@ class BnScale(CriterionMethod):
 
     def importance(self, opts: dict[str, Any]) -> tp.importance.Importance:
         return tp.importance.BNScaleImportance()
+
+    def check_model(self, model: nn.Module, options: dict[str, Any]) -> None:
+        super().check_model(model, options)
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine for m in model.modules()):
+            raise ValueError(f"{self.name}: {type(model).__name__} has no BatchNorm with a scale: bn_scale scores a "
+                             "channel by its BatchNorm scale; use group_norm, taylor, hessian or fpgm")

@@ -152,6 +152,9 @@ class CriterionMethod(PruningMethod):
     def finish(self, model: nn.Module) -> None:
         model.zero_grad(set_to_none=True)
 
+    def check_model(self, model: nn.Module, options: dict[str, Any]) -> None:
+        self._check_options(model, options)
+
     def _prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **opts: Any) -> PruneResult:
         self._check_options(model, opts)
         try:

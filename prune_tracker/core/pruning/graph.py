@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .base import PruneContext, PruneResult
 from .channels import filter_l1, is_zoo_model, lowest, n_remove
-from .graph_trace import GraphPruneError, build_graph, first_line, regroup_site
+from .graph_trace import GraphPruneError, build_graph, find_attention, first_line, regroup_site
 from .graph_widths import Cut, count_params, expected_widths, is_depthwise, params_for_widths, widths
 
 __all__ = ["GraphGroup", "GraphPruneError", "GraphPruner", "graph_channels", "l1_scores", "prune_graph",
@@ -112,6 +112,18 @@ class GraphPruner:
             with torch.no_grad():
                 self.out_shape = tuple(model(example_input).shape)
             self.order = _forward_order(model, example_input)
+        except Exception as err:  # noqa: BLE001 - the model's own code: any failure is reported the same way
+            shape = "x".join(str(d) for d in example_input.shape[1:])
+            raise GraphPruneError(f"{type(model).__name__} does not run on an input of shape {shape}: "
+                                  f"{first_line(err)}") from None
+        finally:
+            model.train(was_training)
+        model.eval()
+        try:
+            attention = find_attention(model, example_input)
+            if attention:
+                raise GraphPruneError(f"{type(model).__name__} computes attention ({attention}): the graph scope cuts "
+                                      "the channels of convolutional networks, not attention heads or token widths")
             self.graph = build_graph(model, example_input)
         finally:
             model.train(was_training)

@@ -8,11 +8,15 @@ each such op runs as an opaque `ChannelRegroup` autograd node named after the mo
 then treats it as an element-wise op, and `regroup_site` finds it in a group: the channels of that group pass
 through the regrouping, so the group is kept whole (the other groups are cut as usual).
 
-Any exception Torch-Pruning raises while tracing becomes a one-line `GraphPruneError` naming the model.
+Any exception Torch-Pruning raises while tracing becomes a one-line `GraphPruneError` naming the model. A model that
+computes attention (a softmax over 3+ dimensions: Swin, ViT) is refused by name (`find_attention`): Torch-Pruning's
+index mapping loops on its window and head reshapes, and heads are not channels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -74,18 +78,36 @@ class _MarkRegroups(TorchFunctionMode):
         return result
 
 
+_ATTENTION = {torch.softmax, torch.Tensor.softmax, torch.nn.functional.softmax,
+              torch.nn.functional.scaled_dot_product_attention}
+
+
+class _FindAttention(TorchFunctionMode):
+    """Notes the module of the first softmax over a tensor of 3 or more dimensions (attention weights; a classifier's
+    softmax is 2-D) or scaled-dot-product attention."""
+
+    def __init__(self, stack: list[str]):
+        super().__init__()
+        self.stack, self.site = stack, None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.site is None and func in _ATTENTION and args and isinstance(args[0], Tensor) and args[0].dim() >= 3:
+            self.site = self.stack[-1] if self.stack else "?"
+        return func(*args, **(kwargs or {}))
+
+
 def regroup_site(node: Any) -> tuple[int, str] | None:
     """(order in the forward pass, name of the module whose forward ran it) of a channel regrouping at this graph
     node, else None."""
     return getattr(getattr(node, "grad_fn", None), "site", None)
 
 
-def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's DependencyGraph of `model` traced on `example_input`, channel regroupings marked."""
+@contextmanager
+def _module_stack(model: nn.Module) -> Iterator[list[str]]:
+    """The names of the modules whose forward is running, innermost last (the model itself: `<Class>.forward`)."""
     names = {m: n for n, m in model.named_modules()}
     names[model] = f"{type(model).__name__}.forward"
     stack: list[str] = []
-    handles = []
 
     def enter(module: nn.Module, _args: Any) -> None:
         stack.append(names[module])
@@ -93,13 +115,28 @@ def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
     def leave(_module: nn.Module, _args: Any, _out: Any) -> None:  # must return None: a value replaces the output
         stack.pop()
 
+    handles = []
     for module in model.modules():
         handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
     try:
-        with _MarkRegroups(stack):
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
-    except Exception as err:  # noqa: BLE001 - any failure inside Torch-Pruning is reported the same way
-        raise GraphPruneError(f"Torch-Pruning cannot trace {type(model).__name__}: {first_line(err)}") from None
+        yield stack
     finally:
         for handle in handles:
             handle.remove()
+
+
+@torch.no_grad()
+def find_attention(model: nn.Module, example_input: Tensor) -> str | None:
+    """The module where `model` first computes attention weights, else None (a CNN)."""
+    with _module_stack(model) as stack, _FindAttention(stack) as mode:
+        model(example_input)
+    return mode.site
+
+
+def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's DependencyGraph of `model` traced on `example_input`, channel regroupings marked."""
+    try:
+        with _module_stack(model) as stack, _MarkRegroups(stack):
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+    except Exception as err:  # noqa: BLE001 - any failure inside Torch-Pruning is reported the same way
+        raise GraphPruneError(f"Torch-Pruning cannot trace {type(model).__name__}: {first_line(err)}") from None
