@@ -119,6 +119,7 @@ class PruningMethod:
     def prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **options: Any) -> PruneResult:
         ratio = validate_ratio(ratio)
         opts = self.resolve_options(options)
+        self.check_model(model, opts)
         model = copy.deepcopy(model)
         make_permanent(model)
         timer = _FinetuneTimer(ctx.finetune)

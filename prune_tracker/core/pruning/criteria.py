@@ -8,7 +8,7 @@ the Torch-Pruning group of that conv's outputs) and, with `scope=stage|all` on o
 channels of `stages.py`, scored on a group assembled from each stage's coupled layers (producer convs and BNs,
 consumer convs / the Linear: the tracer cannot see the zero-pad shortcut, so the stage is described by hand) and
 removed as whole chains. A criterion scores a group's channels from all its layers (Torch-Pruning's `mean`
-group reduction) and normalises the scores by their mean within the group.
+group reduction) and normalises the scores by their mean within the group (bn_scale: raw |gamma|, see there).
 
 Ranking (`global`): false (default) removes round(C*ratio) channels of each group (of each block of positions,
 for grouped convs); true ranks every channel of every scored group together and removes the lowest-scoring
