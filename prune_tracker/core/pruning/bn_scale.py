@@ -5,8 +5,9 @@ Why: a BatchNorm scale gamma multiplies its whole channel, so |gamma| is a direc
 passes on; trained with an L1 penalty on gamma (`train --bn-sparsity` / MLproject `bn_sparsity`, Liu et al. use
 1e-4 on CIFAR VGG and 1e-5 on ResNets), many scales go to ~0 and those channels can go at almost no cost. Score:
 per channel, |gamma| averaged over the BatchNorms of its group, not normalised (unlike the other criteria and
-Torch-Pruning's default), so that `global=true` is the paper's one threshold on every scale of the network. A group without a BatchNorm (a squeeze-
-excitation Linear, VGG's classifier) is kept whole (`unscored`); a model without any is a one-line error.
+Torch-Pruning's default), so that `global=true` is the paper's one threshold on every scale of the network. A
+group without a BatchNorm (a squeeze-excitation Linear, VGG's classifier) is kept whole (`unscored`); a model
+without any is a one-line error.
 Options, groups and scopes: `criteria.py`.
 """
 
