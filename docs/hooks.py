@@ -88,7 +88,8 @@ def methods_markdown() -> str:
         method = get_method(name)
         kind = "structured" if method.structured else "unstructured"
         options = ", ".join(f"`{k}={v!r}`" for k, v in method.params.items()) or "–"
-        lines.append(f"| [`{name}`](#{name}) | {kind} | {method.summary} | {options} |")
+        summary = method.summary.replace("|", "\\|")  # |x| (an absolute value) must not split the cell
+        lines.append(f"| [`{name}`](#{name}) | {kind} | {summary} | {options} |")
     return "\n".join(lines)
 
 

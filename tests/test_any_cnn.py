@@ -88,6 +88,42 @@ class PadShortcutNet(nn.Module):
         return self.fc(F.relu(self.bn2(self.conv2(a)) + shortcut).mean((2, 3)))
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ResearchCNN(nn.Module):
+    """A research CNN of another tool: two concatenated branches (one a grouped conv), a ShuffleNet-style unit
+    (grouped 1x1, channel shuffle, depthwise, grouped 1x1) and a squeeze-excitation gate."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.branch_a = nn.Sequential(nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.branch_b = nn.Sequential(nn.Conv2d(32, 16, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(16),
+                                      nn.ReLU())
+        self.fuse = nn.Sequential(nn.Conv2d(32, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(48, 48, 1, groups=4, bias=False), nn.BatchNorm2d(48), nn.ReLU())
+        self.depthwise = nn.Sequential(nn.Conv2d(48, 48, 3, 2, 1, groups=48, bias=False), nn.BatchNorm2d(48))
+        self.project = nn.Sequential(nn.Conv2d(48, 64, 1, groups=4, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.gate = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 64), nn.Sigmoid())
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.fuse(torch.cat([self.branch_a(x), self.branch_b(x)], 1))
+        x = self.project(self.depthwise(channel_shuffle(self.expand(x), 4)))
+        pooled = x.mean((2, 3))
+        return self.head(pooled * self.gate(pooled))
+
+
+# ResearchCNN's groups cut at ratio 0.5: name -> (channels before, blocks of its grouped convs); `expand.0` (through
+# the shuffle) stays whole.
+RESEARCH_GROUPS = {"stem.0": (32, 4), "branch_a.0": (16, 1), "branch_b.0": (16, 4), "fuse.0": (48, 4),
+                   "project.0": (64, 4), "gate.0": (16, 1)}
+
+
 def _e2e():
     """The `mlflow run` helpers of test_entrypoints (imported late: see the module docstring)."""
     import test_entrypoints
@@ -280,6 +316,65 @@ def test_prune_any_cnn_through_mlflow_run(prune_runs, case):
         with tempfile.TemporaryDirectory() as tmp:  # the user's code travels with the pruned model
             folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model", dst_path=tmp))
             assert (folder / "code" / "test_any_cnn.py").exists()
+
+
+def check_research_cut(run) -> None:
+    """The pruned ResearchCNN: each group lost half of each of its blocks, the shuffled group stayed whole, the
+    model reloads (from the user's logged code) with the logged accuracy."""
+    assert run.info.status == "FINISHED", run.info.run_id
+    assert run.data.tags["arch"] == "foreign:test_any_cnn.ResearchCNN"
+    details = tracking.load_dict(run.info.run_id, "pruning_details.json")
+    assert {name: (row["channels_before"], row.get("channel_groups", 1)) for name, row in details["layers"].items()} \
+        == RESEARCH_GROUPS
+    assert all(row["channels_after"] == row["channels_before"] // 2 for row in details["layers"].values())
+    assert list(details["kept_whole"]) == ["expand.0"] and "channel shuffle" in details["kept_whole"]["expand.0"]
+    model = tracking.load_model(f"runs:/{run.info.run_id}/model").model
+    assert (model.branch_b[0].in_channels, model.branch_b[0].groups, model.expand[0].out_channels) == (16, 4, 48)
+    assert model.depthwise[0].groups == 48 and model.project[0].in_channels == 48
+    accuracy, loss = reloaded_metrics(run.info.run_id)
+    assert accuracy == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-6)
+    assert loss == pytest.approx(run.data.metrics["test_loss"], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def research_model() -> str:
+    """ResearchCNN trained by a plain loop and logged with its code (`code_paths`), as another tool would."""
+    torch.manual_seed(0)
+    return log_foreign(plain_training(ResearchCNN()), "plain script ResearchCNN", code_paths=[__file__])
+
+
+def test_research_cnn_pruned_with_li_filters_through_mlflow_run(research_model):
+    params = {**SPLIT, "model_uri": research_model, "method": "li_filters", "ratio": "0.5", "device": "cpu",
+              "precisions": ""}
+    check_research_cut(_e2e().submit_runs([("prune", params)], experiment=EXPERIMENT)[0])
+
+
+def test_research_cnn_pruned_with_taylor(research_model):
+    run = run_of(invoke("prune", "--model-uri", research_model, "--method", "taylor", "--batches", "2",
+                        "--precisions", "", *CLI_SPLIT, *QUIET).output, "prune")
+    check_research_cut(run)
+    details = tracking.load_dict(run.info.run_id, "pruning_details.json")
+    assert details["criterion"] == "taylor" and run.data.params["option.batches"] == "2"
+
+
+@pytest.mark.parametrize("model,extra,message", [
+    ("research", ["--method", "taylor", "--iterative_steps", "0"], "taylor: option iterative_steps=0 must be >= 1"),
+    ("no_bn", ["--method", "bn_scale"],
+     "bn_scale: Sequential has no BatchNorm with a scale: bn_scale scores a channel by its BatchNorm scale"),
+])
+def test_bad_criterion_input_is_one_line_and_starts_no_run(research_model, model, extra, message):
+    experiment = "any-cnn-bad-criterion"
+    if model == "no_bn":
+        uri = log_foreign(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                        nn.Flatten(), nn.Linear(8, 10)), "no BatchNorm")
+    else:
+        uri = research_model
+    result = CliRunner().invoke(cli, ["prune", "--model-uri", uri, *extra, "--precisions", "",
+                                      *CLI_SPLIT, "--device", "cpu", "--no-progress", "--experiment-name", experiment])
+    one_line_error(result, message)
+    client = MlflowClient()
+    assert client.get_experiment_by_name(experiment) is None or not client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id])  # refused before any run started
 
 
 def test_a_foreign_torchvision_model_pruned_as_its_builder(foreign_models):

@@ -43,6 +43,8 @@ from prune_tracker.core.seeds import AGGREGATES
         help="channel multiplier of the zoo's ResNets and VGGs (round(width x channels), at least 1); 1 = published")
 @train_options(epochs_default=30, lr_default=0.2)
 @zero_init_option
+@option("bn_sparsity", type=FiniteFloat(low=0), default=0.0,
+        help="network slimming: L1 penalty on BatchNorm scales (e.g. 1e-5), for bn_scale pruning; 0 = off")
 @seed_option("training (initialisation, data order, augmentation)")
 @data_options()
 @handle_errors

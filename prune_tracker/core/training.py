@@ -67,6 +67,10 @@ class TrainConfig:
     parent_epochs: float = 0.0
     parent_warmup_fraction: float = 0.25
     seed: int = 0
+    # Network slimming (Liu et al. 2017): an L1 penalty bn_sparsity * sum |gamma| over every BatchNorm scale is added
+    # to the training loss (the logged loss stays the cross-entropy), driving the scales of unneeded channels towards
+    # 0 for `bn_scale` pruning; 0 = off. Liu et al.: 1e-4 (VGG), 1e-5 (ResNet) on CIFAR.
+    bn_sparsity: float = 0.0
 
     def validate(self) -> None:
         parse_resize_schedule(self.resize_schedule)
@@ -91,6 +95,8 @@ class TrainConfig:
             raise ValueError(f"distill_alpha={self.distill_alpha} must be in [0, 1]")
         if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
             raise ValueError(f"distill_temperature={self.distill_temperature} must be a finite number > 0")
+        if not (self.bn_sparsity >= 0 and math.isfinite(self.bn_sparsity)):
+            raise ValueError(f"bn_sparsity={self.bn_sparsity} must be a finite number >= 0")
         if self.schedule == "rewind":
             self._validate_rewind()
 
@@ -105,6 +111,15 @@ class TrainConfig:
             raise ValueError(f"parent_schedule={self.parent_schedule!r} must be one of: {', '.join(SCHEDULES)}")
         if not 0 <= self.parent_warmup_fraction <= 1:
             raise ValueError(f"parent_warmup_fraction={self.parent_warmup_fraction} must be in [0, 1]")
+
+
+def bn_scale_penalty(model: nn.Module, strength: float) -> torch.Tensor | float:
+    """strength * sum |gamma| over the affine BatchNorms of `model` (network slimming's sparsity term); 0 when off."""
+    if strength == 0:
+        return 0.0
+    scales = [m.weight.abs().sum() for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    return strength * torch.stack(scales).sum() if scales else 0.0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -448,7 +463,7 @@ class Trainer:
                 loss = distillation_loss(logits.float(), teacher_logits, y, c.distill_alpha, c.distill_temperature,
                                          c.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss + bn_scale_penalty(self.model, self.config.bn_sparsity)).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.step + 1 < self.total_steps:  # the schedules end on the last step

@@ -54,7 +54,8 @@ def finetune_model(spec: FinetuneSpec) -> str:
     name = f"finetune {inherited.get('method', arch)} {config.epochs:g}ep <- {origin(loaded)}"
     with start_run(run, "finetune", tags, name) as active:
         tracking.log_params({"model_uri": spec.model_uri, **found.data.logged(),
-                             **{k: v for k, v in asdict(trainer.config).items() if k != "width"},  # width: the spec's
+                             **{k: v for k, v in asdict(trainer.config).items()
+                                if k not in ("width", "bn_sparsity")},  # width: the spec's; bn_sparsity: train's
                              "tta_flip": config.tta_flip, "device": str(device), "masked_layers": masked_layers,
                              "ratio": inherited.get("ratio", ""), "qat": spec.qat,
                              "precisions": ",".join(run.precisions), **recovery.logged()})

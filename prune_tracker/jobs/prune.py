@@ -26,6 +26,8 @@ from prune_tracker.jobs.outputs import log_trained_outputs
 from prune_tracker.jobs.runs import start_run
 from prune_tracker.jobs.specs import PruneSpec
 
+NOT_FINETUNE_PARAMS = ("width", "seed", "bn_sparsity")  # logged apart, or train-only (network slimming)
+
 
 def log_target_met(model: nn.Module, target_bytes: int, target_metric: str, input_shape: tuple[int, ...]) -> None:
     """Probes prune in one shot without retraining; rounds, fine-tuning or QAT can move which weights quantise to
@@ -47,6 +49,7 @@ def prune_model(spec: PruneSpec) -> str:
     config = recipe_config(replace(spec.train, epochs=spec.finetune_epochs), spec.recovery, loaded)
     arch, options = loaded.spec["arch"], dict(spec.options)
     model = copy_loaded(loaded).to(device)
+    method.check_model(model, options)
     seed_everything(config.seed)
     ctx = prune_context(splits, config, device, run.progress, config.tta_flip,
                         teacher(spec.recovery, loaded, splits, device), loaded.input_shape)
@@ -65,7 +68,7 @@ def prune_model(spec: PruneSpec) -> str:
         tracking.log_metrics(searched or {"ratio": spec.ratio})
         tracking.log_params({
             "model_uri": spec.model_uri, "method": method.name, "ratio": spec.ratio, **found.data.logged(),
-            **{f"finetune_{k}": v for k, v in asdict(config).items() if k not in ("width", "seed")},
+            **{f"finetune_{k}": v for k, v in asdict(config).items() if k not in NOT_FINETUNE_PARAMS},
             "seed": config.seed, "finetune_epochs": spec.finetune_epochs, "target_bytes": spec.target_bytes or "",
             "target_metric": spec.target_metric, "qat": spec.qat, "precisions": ",".join(run.precisions),
             **spec.recovery.logged(), "tta_flip": config.tta_flip, "device": str(device),

@@ -101,7 +101,14 @@ def torchvision_spec(model: nn.Module, arch: str, num_classes: int) -> dict[str,
     layers = {n: s for n, m in model.named_modules() if (s := layer_shape(m)) is not None}
     kwargs = builder_kwargs(name, num_classes)  # initialisation-only options (zero_init_residual) do not matter here
     return {"spec_version": SPEC_VERSION, "arch": f"{PREFIX}{name}", "kind": SPEC_KIND, "builder": name,
-            "kwargs": kwargs, "num_classes": int(num_classes), "layers": layers}
+            "kwargs": kwargs, "num_classes": int(num_classes), "layers": layers, "parameters": bare_parameters(model)}
+
+
+def bare_parameters(model: nn.Module) -> dict[str, list[int]]:
+    """Shapes of the parameters held by modules without channel widths (a ConvNeXt block's `layer_scale`): a
+    channel cut may shrink them too."""
+    return {f"{n}.{p}" if n else p: list(param.shape) for n, m in model.named_modules() if layer_shape(m) is None
+            for p, param in m.named_parameters(recurse=False)}
 
 
 def _resized(module: nn.Module, shape: dict[str, Any]) -> nn.Module:
@@ -111,8 +118,8 @@ def _resized(module: nn.Module, shape: dict[str, Any]) -> nn.Module:
                          module.padding_mode)
     if isinstance(module, nn.Linear):
         return nn.Linear(shape["in_features"], shape["out_features"], module.bias is not None)
-    if isinstance(module, nn.LayerNorm):
-        return nn.LayerNorm(shape["normalized_shape"], module.eps, module.elementwise_affine,
+    if isinstance(module, nn.LayerNorm):  # type(module): ConvNeXt's LayerNorm2d keeps its channels-first forward
+        return type(module)(shape["normalized_shape"], module.eps, module.elementwise_affine,
                             module.bias is not None)
     return type(module)(shape["num_features"], module.eps, module.momentum, module.affine,
                         module.track_running_stats)
@@ -134,4 +141,17 @@ def build_torchvision_from_spec(spec: dict[str, Any]) -> nn.Module:
         if current != shape:
             parent, _, child = layer.rpartition(".")
             setattr(modules[parent] if parent else model, child, _resized(modules[layer], shape))
+    _resize_parameters(model, spec.get("parameters", {}), name)
     return model
+
+
+def _resize_parameters(model: nn.Module, shapes: dict[str, list[int]], name: str) -> None:
+    """Give each recorded bare parameter its recorded shape (its values come from the state_dict)."""
+    for qualified, shape in shapes.items():
+        owner_name, _, attr = qualified.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        param = getattr(owner, attr, None)
+        if not isinstance(param, nn.Parameter):
+            raise ValueError(f"architecture spec names parameter {qualified!r}, which torchvision:{name} does not have")
+        if list(param.shape) != list(shape):
+            setattr(owner, attr, nn.Parameter(param.new_empty(shape), requires_grad=param.requires_grad))

@@ -9,16 +9,21 @@ One file per method; importing this package registers all of them.
 """
 
 from . import (  # noqa: F401  (imported to register the methods)
+    bn_scale,
     fm_norm,
+    fpgm,
     global_l1,
     gmp,
+    group_norm,
     han,
+    hessian,
     hybrid,
     lamp,
     layer_l1,
     li_filters,
     random_channels,
     random_masks,
+    taylor,
     thinet,
 )
 from .base import (

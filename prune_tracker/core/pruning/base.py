@@ -100,6 +100,7 @@ class PruningMethod:
     ratio_kind: ClassVar[str] = "weights"  # what `ratio` removes: weights | channels | params
     params: ClassVar[dict[str, Any]] = {}
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    minimums: ClassVar[dict[str, float]] = {}  # option -> smallest allowed value (numeric options)
     summary: ClassVar[str] = ""
 
     def resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
@@ -110,11 +111,15 @@ class PruningMethod:
         resolved = dict(self.params)
         for key, value in options.items():
             resolved[key] = _coerce(self.name, key, value, self.params[key], self.choices.get(key))
+        for key, low in self.minimums.items():
+            if resolved[key] < low:
+                raise ValueError(f"{self.name}: option {key}={resolved[key]!r} must be >= {low:g}")
         return resolved
 
     def prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **options: Any) -> PruneResult:
         ratio = validate_ratio(ratio)
         opts = self.resolve_options(options)
+        self.check_model(model, opts)
         model = copy.deepcopy(model)
         make_permanent(model)
         timer = _FinetuneTimer(ctx.finetune)
@@ -133,6 +138,10 @@ class PruningMethod:
         result.details["wall_seconds"] = wall
         result.details["finetune_seconds"] = timer.seconds
         return result
+
+    def check_model(self, model: nn.Module, options: dict[str, Any]) -> None:
+        """Refuse (ValueError, one line) a model this method cannot prune with these resolved options, before any
+        work is done (the prune job calls it before it starts a run). Default: nothing to check."""
 
     def _prune(self, model: nn.Module, ratio: float, ctx: PruneContext, **opts: Any) -> PruneResult:
         raise NotImplementedError
