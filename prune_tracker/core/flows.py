@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .data import BatchLoader, DataSplits
+from .deploy import ORT_INT8, weight_precisions
 from .footprint import measure_footprint, micronet_score
 from .pruning import PruneContext, PruneResult, make_permanent
 from .pruning.iterative import iterative_prune
@@ -23,6 +25,9 @@ from .pruning.target import footprint_probe, search_ratio
 from .quant import byte_metrics, int8_activation_bytes, measure_precisions, model_bytes, qat_finetune
 from .quant.weights import BITS
 from .training import TrainConfig, evaluate, finetune_fn
+
+if TYPE_CHECKING:
+    from .deploy.measure import Deployment
 
 DEFAULT_INPUT = (3, 32, 32)  # one CIFAR image: what a model is measured with unless it declares another shape
 # The fp16 point's bytes: `footprint_best_bytes` (BatchNorm unfolded, best storage format) is the one name.
@@ -162,20 +167,22 @@ def ratio_for_target(model: nn.Module, method, options: dict[str, Any], ctx: Pru
     return search_ratio(footprint_probe(model, method, options, ctx, measure), target_bytes, label=method.name)
 
 
+def split_accuracies(model: nn.Module, measurement: Measurement) -> dict[str, float]:
+    """`val_accuracy` / `test_accuracy` of `model` as the measurement evaluates (device, flip TTA)."""
+    measured = evaluate_splits(model.to(measurement.device), measurement.splits, measurement.device, measurement.tta)
+    return {k: v for k, v in measured.items() if k.endswith("_accuracy")}
+
+
 def precision_metrics(model: nn.Module, measurement: Measurement, footprint: dict[str, float]) -> dict[str, float]:
-    """Accuracy and bytes at each deployment precision (weights fake-quantised after BatchNorm folding) as
-    `<metric>_<precision>`, `micronet_score_<precision>`; w8a8 activation scales are calibrated on the first
-    CALIBRATION_IMAGES training images (never validation or test, which rank and report the result)."""
-    splits, device, precisions, input_shape = (measurement.splits, measurement.device, measurement.precisions,
-                                               measurement.input_shape)
+    """Accuracy and bytes at each weight precision of the measurement (fp16 / int8 / int4: weights fake-quantised
+    after BatchNorm folding) as `<metric>_<precision>`, `micronet_score_<precision>`; w8a8 activation scales are
+    calibrated on the first CALIBRATION_IMAGES training images (never validation or test, which rank and report the
+    result). The deployment precision ort_int8 is `deployment_metrics`'."""
+    splits, device, input_shape = measurement.splits, measurement.device, measurement.input_shape
+    precisions = weight_precisions(measurement.precisions)
     if not precisions:
         return {}
-
-    def accuracies(quantised: nn.Module) -> dict[str, float]:
-        measured = evaluate_splits(quantised.to(device), splits, device, measurement.tta)
-        return {k: v for k, v in measured.items() if k.endswith("_accuracy")}
-
-    metrics = measure_precisions(model, precisions, accuracies,
+    metrics = measure_precisions(model, precisions, lambda quantised: split_accuracies(quantised, measurement),
                                  lambda: training_batches(splits, device, limit=CALIBRATION_IMAGES),
                                  footprint["activation_peak_fp32_bytes"])
     for precision in precisions:
@@ -183,3 +190,17 @@ def precision_metrics(model: nn.Module, measurement: Measurement, footprint: dic
     if "int8" in precisions:
         metrics["micronet_score_w8a8"] = micronet_score(model, 8, input_shape, mult_bits=8)
     return metrics
+
+
+def deployment_metrics(model: nn.Module, measurement: Measurement, folder: Path, label: str = "the model"
+                       ) -> Deployment | None:
+    """`core.deploy.measure_ort_int8` when the measurement asks for ort_int8 (else None): ONNX Runtime int8
+    calibrated on the same first CALIBRATION_IMAGES training images as w8a8, evaluated like every precision."""
+    if ORT_INT8 not in measurement.precisions:
+        return None
+    from .deploy.measure import measure_ort_int8  # onnx / onnxruntime: imported only when measured
+
+    calibration = (x.cpu().numpy() for x, _ in training_batches(measurement.splits, measurement.device,
+                                                                 limit=CALIBRATION_IMAGES))
+    return measure_ort_int8(model, measurement.input_shape, calibration,
+                            lambda runtime: split_accuracies(runtime, measurement), folder, label)
