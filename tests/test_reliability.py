@@ -33,7 +33,7 @@ from prune_tracker.tracking import gc, owner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RESUME_DATA = ["--dataset", "synthetic", "--train-subset", "2000", "--val-size", "100", "--seed", "0"]
+RESUME_DATA = ["--dataset", "synthetic", "--train-subset", "2000", "--val-size", "100", "--split-seed", "0"]
 RESUME_TRAIN = ["train", "--arch", "resnet20", *RESUME_DATA, "--epochs", "3", "--batch-size", "64", "--lr", "0.1",
                 "--ema-decay", "0.9", "--device", "cpu", "--no-progress", "--precisions", ""]
 
