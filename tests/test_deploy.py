@@ -5,6 +5,9 @@ deprecated torch.ao.quantization."""
 from __future__ import annotations
 
 import ast
+import json
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ from prune_tracker.core.deploy import measure as deploy_measure
 from prune_tracker.core.deploy.export import ExportError, check_exportable, export_onnx, file_bytes
 from prune_tracker.core.deploy.ort_int8 import quantize_int8
 from prune_tracker.core.deploy.runtime import OrtModule
-from prune_tracker.core.models import build_model
+from prune_tracker.core.models import architecture_spec, build_model
 from prune_tracker.core.quant import measure as quant_measure
 from prune_tracker.core.training import TrainConfig, Trainer, evaluate, fit, predict_logits
 
@@ -251,3 +254,135 @@ def test_no_module_uses_torch_ao():
     assert _uses_torch_ao("import torch\nx = torch.ao.quantization.MinMaxObserver")
     offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if _uses_torch_ao(p.read_text())]
     assert offenders == []
+
+
+# ------------------------------------------------------------------ a saved model (benchmarks: state_dict + spec)
+
+
+def _saved(model: nn.Module) -> dict:
+    return {"spec": architecture_spec(model, "resnet8", 10), "state_dict": model.state_dict()}
+
+
+@pytest.mark.parametrize("tta", [True, False])
+def test_deploy_saved_model_measures_the_rebuilt_model_with_the_given_tta(monkeypatch, trained, splits, tmp_path,
+                                                                          tta):
+    """The saved model is rebuilt from its spec, calibrated on training images, evaluated by ONNX Runtime on val and
+    test with exactly the TTA asked for; the file measured is the file written."""
+    seen_tta = []
+    real_evaluate = flows.evaluate
+
+    def recording(model, images, splits_, device, tta_flip):
+        seen_tta.append((type(model).__name__, tta_flip))
+        return real_evaluate(model, images, splits_, device, tta_flip=tta_flip)
+
+    monkeypatch.setattr(flows, "evaluate", recording)
+    monkeypatch.setattr(deploy_latency, "MIN_RUN_TIME", 0.01)
+    deployment = flows.deploy_saved_model(_saved(trained), splits, tmp_path, tta=tta)
+    metrics = deployment.metrics
+    assert seen_tta == [("OrtModule", tta), ("OrtModule", tta)]  # val and test, by ONNX Runtime
+    assert metrics["file_ort_int8_bytes"] == deployment.path.stat().st_size
+    assert metrics["ort_int8_calibration_images"] == min(flows.CALIBRATION_IMAGES, len(splits.train))
+    device = torch.device("cpu")
+    runtime = OrtModule(deployment.path)
+    assert metrics["test_accuracy_ort_int8"] == real_evaluate(runtime, splits.test, splits, device, tta_flip=tta)[0]
+    assert metrics["val_accuracy_ort_int8"] == real_evaluate(runtime, splits.val, splits, device, tta_flip=tta)[0]
+    fake_int8 = real_evaluate(trained, splits.test, splits, device, tta_flip=tta)[0]
+    assert abs(metrics["test_accuracy_ort_int8"] - fake_int8) <= 0.05  # the trained model, not a fresh one
+
+
+def test_deploy_saved_model_bad_input_is_one_line(splits, tmp_path, trained):
+    with pytest.raises(ValueError) as info:
+        flows.deploy_saved_model({"state_dict": {}}, splits, tmp_path, label="rows/x.pt")
+    assert str(info.value) == ("rows/x.pt is no saved model: it has no 'spec' (a saved model is a dict with 'spec', "
+                               "'state_dict')")
+    saved = _saved(trained)
+    saved["spec"] = architecture_spec(build_model("resnet8", 10, width=0.25), "resnet8", 10)  # another width
+    with pytest.raises(ValueError, match=r"^rows/x.pt: its state_dict does not fit its spec \(.*size mismatch") as info:
+        flows.deploy_saved_model(saved, splits, tmp_path, label="rows/x.pt")
+    assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ benchmarks/frontier_study.py deploy
+
+
+@pytest.fixture
+def frontier_study(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import frontier_study
+
+    return frontier_study
+
+
+def _study_dir(tmp_path: Path, trained: nn.Module) -> Path:
+    """A parent file and a rows folder with one row (its JSON and saved model) as `frontier_study rows` writes them
+    (only the fields `deploy` and `table` read)."""
+    torch.save({"spec": architecture_spec(trained, "resnet8", 10), "state_dict": trained.state_dict(),
+                "run_id": "r", "train_params": {"dataset": "synthetic", "train_subset": "1000", "val_size": "200",
+                                                "split_seed": "0"},
+                "metrics": {"val_accuracy": 0.9, "test_accuracy": 0.9, "footprint_fp32_bytes": 1e5}},
+               tmp_path / "parent.pt")
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    row = {"kind": "pruned", "target": "10x-int8", "recipe": "rewind", "seed": 0, "name": "pruned-x", "tta": False,
+           "precision": "int8", "bytes": 1e4, "x_smaller": 10.0, "where": "here",
+           "metrics": {"val_accuracy_int8": 0.5, "test_accuracy_int8": 0.5}}
+    (rows / "pruned-x.json").write_text(json.dumps(row))
+    torch.save(_saved(trained), rows / "pruned-x.pt")
+    return tmp_path
+
+
+def _study(frontier_study, monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["frontier_study.py", *args])
+    frontier_study.main()
+
+
+def test_frontier_study_deploy_writes_each_rows_ort_figures(frontier_study, monkeypatch, trained, splits, tmp_path,
+                                                            capsys):
+    folder = _study_dir(tmp_path, trained)
+    args = ("--parent", str(folder / "parent.pt"), "--out", str(folder / "rows"))
+    asked = []
+    real_deploy = frontier_study.deploy_saved_model
+
+    def recording(saved, splits_, folder_, **options):
+        asked.append((len(splits_.train), len(splits_.val), options["tta"], options["min_run_time"]))
+        return real_deploy(saved, splits_, folder_, **options)
+
+    monkeypatch.setattr(frontier_study, "deploy_saved_model", recording)
+    _study(frontier_study, monkeypatch, "deploy", *args, "--latency-seconds", "0.01")
+    assert asked == [(len(splits.train), len(splits.val), False, 0.01)]  # the parent's split, the row's TTA
+    row = json.loads((folder / "rows" / "pruned-x.json").read_text())
+    ort = row["ort"]
+    onnx_file = folder / "rows" / "pruned-x.ort_int8.onnx"
+    assert ort["onnx_file"] == onnx_file.name and ort["file_ort_int8_bytes"] == onnx_file.stat().st_size
+    assert ort["tta"] is False and ort["calibration_images"] == flows.CALIBRATION_IMAGES
+    device = torch.device("cpu")  # the parent's split is the fixture's: evaluated there with the row's TTA (off)
+    assert ort["test_accuracy_ort_int8"] == evaluate(OrtModule(onnx_file), splits.test, splits, device,
+                                                     tta_flip=False)[0]
+    assert {"latency_ms_ort_int8", "latency_ms_ort_fp32", "latency_ms_torch_fp32_batch128"} <= set(ort)
+    capsys.readouterr()
+    _study(frontier_study, monkeypatch, "table", *args)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| 10x-int8"))
+    cells = [c.strip() for c in line.split("|")]
+    assert cells[12] == f"{100 * ort['test_accuracy_ort_int8']:.2f} (n=1)"
+    assert cells[13] == f"{ort['file_ort_int8_bytes']:,.0f}"
+    _study(frontier_study, monkeypatch, "deploy", *args)  # measured rows are kept
+    assert "already measured" in capsys.readouterr().out
+    assert json.loads((folder / "rows" / "pruned-x.json").read_text())["ort"] == ort
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda rows: (rows / "pruned-x.pt").unlink(), "pruned-x.json: its saved model .*pruned-x.pt does not exist"),
+    (lambda rows: (rows / "pruned-x.json").write_text("{"), r"pruned-x.json: not JSON \("),
+    (lambda rows: (rows / "pruned-x.json").write_text("{}"), "pruned-x.json: not a row of this study"),
+    (lambda rows: [p.unlink() for p in rows.iterdir()], "no row files"),
+])
+def test_frontier_study_deploy_bad_input_is_one_line(frontier_study, monkeypatch, trained, tmp_path, capsys, damage,
+                                                     message):
+    folder = _study_dir(tmp_path, trained)
+    damage(folder / "rows")
+    with pytest.raises(SystemExit) as info:
+        _study(frontier_study, monkeypatch, "deploy", "--parent", str(folder / "parent.pt"), "--out",
+               str(folder / "rows"))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.match(rf"frontier_study.py deploy: error: .*{message}", err[0]), err

@@ -8,7 +8,7 @@ no MLflow) call the same functions, so a benchmark row is computed by the code a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +19,7 @@ from torch import nn
 from .data import BatchLoader, DataSplits
 from .deploy import ORT_INT8, weight_precisions
 from .footprint import measure_footprint, micronet_score
+from .models import build_from_spec
 from .pruning import PruneContext, PruneResult, make_permanent
 from .pruning.iterative import RoundPlan, iterative_prune
 from .pruning.target import footprint_probe, search_ratio
@@ -192,10 +193,11 @@ def precision_metrics(model: nn.Module, measurement: Measurement, footprint: dic
     return metrics
 
 
-def deployment_metrics(model: nn.Module, measurement: Measurement, folder: Path, label: str = "the model"
-                       ) -> Deployment | None:
+def deployment_metrics(model: nn.Module, measurement: Measurement, folder: Path, label: str = "the model",
+                       min_run_time: float | None = None) -> Deployment | None:
     """`core.deploy.measure_ort_int8` when the measurement asks for ort_int8 (else None): ONNX Runtime int8
-    calibrated on the same first CALIBRATION_IMAGES training images as w8a8, evaluated like every precision."""
+    calibrated on the same first CALIBRATION_IMAGES training images as w8a8, evaluated like every precision
+    (latencies timed for `min_run_time` seconds each, default `core.deploy.latency.MIN_RUN_TIME`)."""
     if ORT_INT8 not in measurement.precisions:
         return None
     from .deploy.measure import measure_ort_int8  # onnx / onnxruntime: imported only when measured
@@ -203,4 +205,27 @@ def deployment_metrics(model: nn.Module, measurement: Measurement, folder: Path,
     calibration = (x.cpu().numpy() for x, _ in training_batches(measurement.splits, measurement.device,
                                                                  limit=CALIBRATION_IMAGES))
     return measure_ort_int8(model, measurement.input_shape, calibration,
-                            lambda runtime: split_accuracies(runtime, measurement), folder, label)
+                            lambda runtime: split_accuracies(runtime, measurement), folder, label, min_run_time)
+
+
+SAVED_MODEL_KEYS = ("spec", "state_dict")  # a saved model: `core.models.architecture_spec` and the state_dict
+
+
+def deploy_saved_model(saved: Mapping[str, Any], splits: DataSplits, folder: Path, tta: bool = True,
+                       label: str = "the saved model", min_run_time: float | None = None) -> Deployment:
+    """ONNX Runtime int8 of a saved model (``{"spec": architecture spec, "state_dict": ...}``, as library-level
+    benchmarks save their rows' models), measured as a run measures ort_int8 (`deployment_metrics`): calibrated on
+    the first CALIBRATION_IMAGES training images of `splits`, evaluated on its val and test splits with flip TTA when
+    `tta`, the .onnx files written into `folder`. ValueError (one line, naming `label`) for anything else."""
+    missing = [key for key in SAVED_MODEL_KEYS if key not in saved]
+    if missing:
+        raise ValueError(f"{label} is no saved model: it has no {', '.join(map(repr, missing))} "
+                         f"(a saved model is a dict with {', '.join(map(repr, SAVED_MODEL_KEYS))})")
+    model = build_from_spec(dict(saved["spec"]))
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as error:  # torch's message spans lines
+        detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise ValueError(f"{label}: its state_dict does not fit its spec ({detail})") from None
+    measurement = Measurement(splits, torch.device("cpu"), tta, (ORT_INT8,), image_shape(splits))
+    return deployment_metrics(model.eval(), measurement, Path(folder), label, min_run_time)
