@@ -9,7 +9,8 @@ prune_and_recover, precision_metrics); the jobs add only the logging.
         --out results/rows --device cuda --jobs 16 --deadline 520
     # 3. dense-small controls (narrow models: cheap on a CPU), the same recovery after their own training
     python benchmarks/frontier_study.py rows --parent .gpu/parent.pt --data-dir ... --plan dense-small --out ...
-    # 4. ONNX Runtime int8 of every saved model (accuracy, .onnx bytes, latency on this CPU), then the table
+    # 4. ONNX Runtime int8 of every saved model (accuracy, .onnx bytes, latency on this CPU: run it on a CPU box,
+    #    calibrated on 512 training images, the row's TTA), into each row's `ort`, then the table
     python benchmarks/frontier_study.py deploy --parent .gpu/parent.pt --data-dir ... --out results/rows
     python benchmarks/frontier_study.py table --parent .gpu/parent.pt --out results/rows
 
@@ -28,9 +29,11 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -46,8 +49,10 @@ from machine import where  # noqa: E402  (benchmarks/machine.py)
 from prune_tracker.core.data import load_splits  # noqa: E402
 from prune_tracker.core.dense_small import size_dense_small  # noqa: E402
 from prune_tracker.core.flows import (  # noqa: E402
+    CALIBRATION_IMAGES,
     Measurement,
     PrunePlan,
+    deploy_saved_model,
     evaluate_splits,
     precision_metrics,
     prune_and_recover,
@@ -76,6 +81,7 @@ PLANS = {  # target -> recipes compared there (each at every seed), with the den
     "smoke": {"10x-int8": ["rewind"]},
 }
 PRECISIONS = ("fp16", "int8", "int4")
+ROW_TTA = True  # rows are evaluated with flip test-time augmentation (recorded as the row's `tta`)
 ANCHORS = """Published anchors (CIFAR-10, official data; this lab uses a JPEG copy, so compare drops, not levels):
 - Renda et al. 2020 (learning-rate rewinding, unstructured): ResNet-20 79% sparse +0.02 pt, 89% -0.96 pt;
   ResNet-56 89% +0.1 pt (their budgets: the full original schedule again).
@@ -221,8 +227,8 @@ def run_row(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     config, finetune, rounds, round_epochs = recovery_config(row, parent, args.lr)
     teacher = teacher_model.to(device).eval() if config.distill_alpha else None
     seed_everything(config.seed)
-    measurement = Measurement(splits, device, True, PRECISIONS, tuple(splits.test.images.shape[1:]))
-    ctx = prune_context(splits, config, device, False, True, teacher)
+    measurement = Measurement(splits, device, ROW_TTA, PRECISIONS, tuple(splits.test.images.shape[1:]))
+    ctx = prune_context(splits, config, device, False, ROW_TTA, teacher)
     method = get_method(args.method)
     options = method.resolve_options({})
     ratio = 0.0
@@ -231,7 +237,7 @@ def run_row(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     plan = PrunePlan(method, ratio, options, finetune, target["qat"], rounds, round_epochs)
     result, after_pruning = prune_and_recover(model, plan, ctx, measurement)
     final = result.model.eval()
-    metrics = evaluate_splits(final, splits, device, True)
+    metrics = evaluate_splits(final, splits, device, ROW_TTA)
     footprint = measure_footprint(final.cpu(), measurement.input_shape).metrics
     metrics |= precision_metrics(final.to(device), measurement, footprint)
     metrics |= {k: footprint[k] for k in ("footprint_fp32_bytes", "footprint_best_bytes", "flops_effective",
@@ -243,7 +249,7 @@ def run_row(row: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     result_row = {**row, **extra, "ratio": ratio, "target_bytes": target_bytes, "reference_bytes": reference,
                   "bytes": metrics[target["metric"]], "x_smaller": reference / metrics[target["metric"]],
                   "precision": target["precision"], "metrics": metrics, "after_pruning": after_pruning,
-                  "seconds": seconds, "where": where(device), "torch": torch.__version__}
+                  "seconds": seconds, "where": where(device), "torch": torch.__version__, "tta": ROW_TTA}
     (out / f"{row['name']}.json").write_text(json.dumps(result_row, indent=2))
     return result_row
 
@@ -345,6 +351,71 @@ def run_rows(args: argparse.Namespace) -> None:
 def forwarded(args: argparse.Namespace) -> list[str]:
     return ["--parent", args.parent, "--data-dir", args.data_dir or "", "--out", args.out, "--device", args.device,
             "--threads", str(args.threads), "--lr", str(args.lr), "--method", args.method]
+
+
+# ------------------------------------------------------------------------------------------ ONNX Runtime int8
+
+
+class StudyError(Exception):
+    """Bad input to a step: printed as one line, exit 2."""
+
+
+def deploy_rows(args: argparse.Namespace) -> None:
+    """ONNX Runtime int8 of every row's saved model (`<out>/<name>.pt`), measured as a run measures ort_int8
+    (`core.flows.deploy_saved_model`): calibrated on the first CALIBRATION_IMAGES training images of the parent's
+    split, evaluated on its val and test splits with the row's TTA setting, latencies on this CPU, one thread. Writes
+    the figures as the row's `ort` dict and the quantised model as `<out>/<name>.ort_int8.onnx` (the file whose bytes
+    are `file_ort_int8_bytes`). Rows that have an `ort` dict are kept unless `--redo`."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    paths = sorted(out.glob("*.json")) if out.is_dir() else []
+    if not paths:
+        raise StudyError(f"--out {out}: no row files (<name>.json) to deploy")
+    rows = []
+    for path in paths:  # every row checked before anything is measured
+        row = read_row(path)
+        if row.get("ort") and not args.redo:
+            print(f"{row['name']}: ort_int8 already measured (--redo measures it again)", flush=True)
+            continue
+        saved = out / f"{row['name']}.pt"
+        if not saved.exists():
+            raise StudyError(f"{path}: its saved model {saved} does not exist")
+        rows.append((path, row, saved))
+    if not rows:
+        return
+    import onnxruntime
+
+    parent = load_parent(Path(args.parent))
+    splits = parent_splits(parent, args.data_dir)
+    for path, row, saved in rows:
+        tta = bool(row.get("tta", ROW_TTA))  # rows written before `tta` was recorded all ran with ROW_TTA
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                deployed = deploy_saved_model(torch.load(saved, map_location="cpu", weights_only=True), splits,
+                                              Path(tmp), tta=tta, label=str(saved), min_run_time=args.latency_seconds)
+            except ValueError as error:
+                raise StudyError(str(error)) from None
+            onnx_file = out / f"{row['name']}.ort_int8.onnx"
+            shutil.copyfile(deployed.path, onnx_file)
+        row["ort"] = {**deployed.metrics, "tta": tta, "calibration_images": CALIBRATION_IMAGES,
+                      "onnx_file": onnx_file.name, "seconds": time.perf_counter() - started,
+                      "where": where(torch.device("cpu")), "onnxruntime": onnxruntime.__version__}
+        path.write_text(json.dumps(row, indent=2))
+        ort, fake = row["ort"], accuracy_at(row, "test")
+        print(f"{row['name']}: ORT int8 test {ort['test_accuracy_ort_int8']:.4f} (fake-quantised {row['precision']}: "
+              f"{'-' if fake is None else f'{fake:.4f}'}), .onnx {ort['file_ort_int8_bytes']:,.0f} B, batch 1 "
+              f"{ort['latency_ms_ort_int8']:.2f} ms (ORT fp32 {ort['latency_ms_ort_fp32']:.2f} ms)", flush=True)
+
+
+def read_row(path: Path) -> dict[str, Any]:
+    try:
+        row = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise StudyError(f"{path}: not JSON ({error})") from None
+    if not isinstance(row, dict) or not {"name", "metrics", "precision"} <= set(row):
+        raise StudyError(f"{path}: not a row of this study (a row has name, metrics, precision)")
+    return row
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -461,7 +532,7 @@ def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("export", "rows", "one", "probe", "pretrain", "table", "figure"))
+    parser.add_argument("command", choices=("export", "rows", "one", "probe", "pretrain", "deploy", "table", "figure"))
     parser.add_argument("--target", default="", help="pretrain: only this target (e.g. 10x-int8)")
     parser.add_argument("--model", help="export: the parent's model URI")
     parser.add_argument("--parent", default=".gpu/parent.pt")
@@ -480,6 +551,9 @@ def main() -> None:
     parser.add_argument("--fit-deadline", action="store_true", help="rows: fit the budget to the deadline")
     parser.add_argument("--png", default="docs/img/frontier.png", help="figure: where the PNG goes")
     parser.add_argument("--probe-seconds", type=float, default=12.0)
+    parser.add_argument("--latency-seconds", type=float, default=1.0,
+                        help="deploy: timed seconds per latency figure (after a warm-up)")
+    parser.add_argument("--redo", action="store_true", help="deploy: measure rows that have an `ort` dict again")
     parser.add_argument("--row-overhead", type=float, default=90.0,
                         help="seconds a row spends outside fine-tuning (ratio search, evaluation, saving)")
     args = parser.parse_args()
@@ -494,6 +568,11 @@ def main() -> None:
         probe(args)
     elif args.command == "pretrain":
         pretrain(args)
+    elif args.command == "deploy":
+        try:
+            deploy_rows(args)
+        except StudyError as error:
+            parser.exit(2, f"{parser.prog} deploy: error: {error}\n")
     elif args.command == "figure":
         figure(load_parent(Path(args.parent)), load_rows(Path(args.out)), Path(args.png))
     else:

@@ -365,6 +365,7 @@ def test_run_compare_logs_compare_run(local_lab: tuple[MlflowClient, dict[str, s
     assert result.smallest_above_floor.run_id == ids["l1_50"]
     run = client.get_run(result.run_id)
     assert run.data.tags["stage"] == "compare" and run.data.tags["budget_winner_run_id"] == ids["ft_90"]
+    # core.budget.parse_budget gives whole bytes: "1KiB" is logged as 1024
     assert run.data.params["metric"] == "val_accuracy" and run.data.params["budget_bytes"] == "1024"
     assert run.data.metrics == {"n_runs": 5.0, "n_front": 3.0, "n_missing": 1.0,
                                 "budget_winner_accuracy": 0.88, "budget_winner_footprint": 800.0,

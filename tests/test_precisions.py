@@ -107,14 +107,21 @@ def test_precision_metric_names() -> None:
         "total_fp16_best_bytes", None, None, "total_w8a8_bytes"]  # fmt: skip
     assert pf("footprint_csr_fp16_bytes", "int4") == "footprint_csr_int4_bytes"
     assert (pf("flops_dense", "fp16"), pf("flops_dense", "int8")) == ("flops_dense", None)  # fp16 only
-    assert frontier.footprint_precisions("total") == ("fp16", "w8a8")
+    assert frontier.footprint_precisions("total") == ("fp16", "w8a8", "ort_int8")
+    # ort_int8 (ONNX Runtime): storage x = its int8 weights in their best format, runtime x = its .onnx file
+    assert [pf(f, "ort_int8") for f in ("best", "runtime", "total")] == [
+        "footprint_best_int8_bytes", "file_ort_int8_bytes", "total_w8a8_bytes"]
+    assert [pf("runtime", p) for p in ("fp16", "int8")] == ["footprint_fp16_bytes", "footprint_int8_bytes"]
+    assert [frontier.borrows_footprint("best", p) for p in ("int8", "int4", "w8a8", "ort_int8")] == [
+        False, False, True, True]
+    assert not frontier.borrows_footprint("runtime", "ort_int8")  # its own metric: logging it means measured
     assert frontier.accuracy_metric("val_accuracy", "int8") == "val_accuracy_int8"
     assert frontier.accuracy_metric("val_accuracy", "fp16", {"val_accuracy_fp16": 0.9}) == "val_accuracy_fp16"
     assert frontier.accuracy_metric("val_accuracy", "fp16", {"val_accuracy": 0.9}) == "val_accuracy"
     assert frontier.parse_precisions(" int4,fp16 ,int4") == ("fp16", "int4")
     assert frontier.parse_precisions(["W8A8", "int8"]) == ("int8", "w8a8")
     assert frontier.parse_precisions(None) is None and frontier.parse_precisions("") is None
-    with pytest.raises(ValueError, match=r"^unknown precision 'int3'; allowed: fp16, int8, int4, w8a8$"):
+    with pytest.raises(ValueError, match=r"^unknown precision 'int3'; allowed: fp16, int8, int4, w8a8, ort_int8$"):
         frontier.parse_precisions("fp16,int3")
 
 
@@ -209,8 +216,9 @@ def test_bad_precision_fails_before_anything(lab: tuple[MlflowClient, dict[str, 
     for call in (compare.run_compare, report.run_report):
         with pytest.raises(ValueError) as info:
             call(["mixed"], precisions="fp16,int3")
-        assert str(info.value) == "unknown precision 'int3'; allowed: fp16, int8, int4, w8a8"
-    with pytest.raises(ValueError, match=r"footprint=total_fp16_best_bytes has no int8 point \(it has: fp16, w8a8\)"):
+        assert str(info.value) == "unknown precision 'int3'; allowed: fp16, int8, int4, w8a8, ort_int8"
+    with pytest.raises(ValueError, match=r"footprint=total_fp16_best_bytes has no int8 point \(it has: fp16, w8a8, "
+                                         r"ort_int8\)"):
         compare.run_compare(["mixed"], precisions="int8", footprint="total")
     assert len(client.search_runs([exp_id], "tags.stage = 'compare'")) == before
 

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import prune
 
+from prune_tracker.core.footprint.trace import run_trace
 from prune_tracker.core.models import architecture_spec, build_model
 from prune_tracker.core.quant import (
     FORMAT,
@@ -20,6 +21,7 @@ from prune_tracker.core.quant import (
     QUANT_FILE_NAME,
     artifact_dir_name,
     calibrate_w8a8,
+    channel_scales,
     conv_bn_pairs,
     disable_qat,
     enable_qat,
@@ -36,6 +38,7 @@ from prune_tracker.core.quant import (
     save_quantized,
     validate_precision,
 )
+from prune_tracker.core.quant.activations import affine_qparams
 from prune_tracker.core.quant.container import (
     ByteReader,
     decode_weight,
@@ -316,7 +319,7 @@ def test_calibration_reads_only_the_batches_given(resnet20):
     w8a8 = calibrate_w8a8(resnet20, batches)
     assert (batches.passes, batches.served) == (1, 3)
     louder = calibrate_w8a8(resnet20, [(3 * b[0], b[1]) for b in batches.batches])
-    assert float(louder.conv1.input_quant.scale) > float(w8a8.conv1.input_quant.scale)
+    assert float(louder.input_quantizer.scale) > float(w8a8.input_quantizer.scale)
     x = _images()
     with torch.no_grad():
         ref = resnet20(x)
@@ -324,6 +327,94 @@ def test_calibration_reads_only_the_batches_given(resnet20):
         assert not torch.equal(w8a8(x), fake_quant_model(resnet20, "int8")(x))  # activations are quantised
     with pytest.raises(ValueError, match="at least one batch"):
         calibrate_w8a8(resnet20, [])
+
+
+def _w8a8_outputs(w8a8, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """(op, tensor) for every op output the w8a8 model hands on, in call order, recorded around `on_output`."""
+    seen = []
+    real = w8a8.on_output
+
+    def recording(index, func, out):
+        result = real(index, func, out)
+        seen.append((w8a8.quantizers[index].op, result.clone()))
+        return result
+
+    w8a8.on_output = recording
+    try:
+        w8a8(x)
+    finally:
+        del w8a8.on_output
+    return seen
+
+
+def _on_grid(tensor: torch.Tensor, quantizer) -> bool:
+    levels = tensor / quantizer.scale + quantizer.zero_point
+    return bool(torch.allclose(levels, levels.round(), atol=1e-3)) and int(levels.round().min()) >= 0 \
+        and int(levels.round().max()) <= 255
+
+
+def test_w8a8_quantises_every_activation_its_bytes_count(resnet20):
+    """total_w8a8_bytes counts every activation the footprint's tracker sees at one byte: the simulation quantises
+    exactly those tensors (the input, each conv / ReLU / residual add / shortcut pad / pooling output), the logits
+    excepted, and each value it hands on lies on its tensor's uint8 grid."""
+    batches = [_images(8, seed) for seed in (5, 6)]
+    w8a8 = calibrate_w8a8(resnet20, batches)
+    counted = [r for r in run_trace(fold_batch_norm(resnet20), (3, 32, 32), 1).records if r["new_fp32_bytes"] > 0]
+    assert len(w8a8.quantizers) == len(counted)  # one per counted op output (the input image has its own)
+    assert [q.op for q in w8a8.quantizers].count("add") == 9  # ResNet-20's residual adds
+    assert {"pad", "adaptive_avg_pool2d", "relu", "conv2d"} <= set(w8a8.quantized_ops)
+    assert w8a8.quantizers[w8a8.output_index].op == "linear" and "linear" not in w8a8.quantized_ops
+    x = _images(4, 9)
+    with torch.no_grad():
+        for index, (op, tensor) in enumerate(_w8a8_outputs(w8a8, x)):
+            if index != w8a8.output_index:
+                assert _on_grid(tensor, w8a8.quantizers[index]), f"op #{index} ({op}) is not quantised"
+    assert _on_grid(w8a8.input_quantizer(x), w8a8.input_quantizer)
+
+
+def test_w8a8_in_place_ops_and_a_changing_graph():
+    """torchvision-style in-place ReLU / add are quantised in place; a forward that runs other ops than calibration
+    saw is refused, not silently mis-quantised."""
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 2)
+
+        def forward(self, x):
+            out = self.conv(x)
+            out += x.mean(1, keepdim=True)
+            return self.fc(torch.relu_(out).mean((2, 3)))
+
+    torch.manual_seed(0)
+    w8a8 = calibrate_w8a8(InPlace().eval(), [_images(4, 1)])
+    assert {"add_", "relu_"} <= set(w8a8.quantized_ops)
+    with torch.no_grad():
+        for index, (op, tensor) in enumerate(_w8a8_outputs(w8a8, _images(2, 2))):
+            if index != w8a8.output_index:
+                assert _on_grid(tensor, w8a8.quantizers[index]), op
+
+    class Switching(InPlace):
+        def forward(self, x):
+            return super().forward(x) if x.shape[0] > 2 else self.fc(self.conv(x).mean((2, 3)))
+
+    switching = calibrate_w8a8(Switching().eval(), [_images(4, 1)])
+    with torch.no_grad(), pytest.raises(RuntimeError, match="not static"):
+        switching(_images(2, 2))
+
+
+def test_scales_keep_torch_ao_observer_semantics():
+    """The tensor math that replaced torch.ao's observers: amax / qmax (an all-zero channel gets the fp32 epsilon,
+    stored in fp16), and MinMaxObserver's affine uint8 parameters (the range widened to hold 0)."""
+    weight = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0], [0.25, 0.1, -0.05]])
+    expected = torch.tensor([2 / 127, torch.finfo(torch.float32).eps, 0.25 / 127]).to(torch.float16)
+    assert torch.equal(channel_scales(weight, "int8"), expected)
+    assert torch.equal(channel_scales(weight, "int4"), torch.tensor([2 / 7, torch.finfo(torch.float32).eps,
+                                                                     0.25 / 7]).to(torch.float16))
+    scale, zero_point = affine_qparams(torch.tensor(-1.0), torch.tensor(3.0))
+    assert torch.equal(scale, torch.tensor([4 / 255])) and zero_point.tolist() == [64]  # round(63.75)
+    scale, zero_point = affine_qparams(torch.tensor(0.5), torch.tensor(2.0))  # widened to [0, 2]
+    assert torch.equal(scale, torch.tensor([2 / 255])) and zero_point.tolist() == [0]
 
 
 # --- QAT -----------------------------------------------------------------------------------------------

@@ -134,10 +134,10 @@ def test_measure_w8a8_reads_only_the_calibration_batches(pruned_resnet20):
     metrics = measure_precisions(pruned_resnet20, ["int8"], evaluate, calibration, peak)
     assert (calibration.calls, calibration.served) == (1, len(calibration.batches))
     assert len(evaluate.models) == 2  # int8 weights only, then w8a8
-    # the first conv reads the raw images: its observed range is exactly that of the calibration images
-    observer = evaluate.models[1].conv1.input_quant.activation_post_process
+    # the input quantiser's observed range is exactly that of the calibration images
+    observed = evaluate.models[1].input_quantizer
     images = torch.cat([x for x, _ in calibration.batches])
-    assert (float(observer.min_val), float(observer.max_val)) == (float(images.min()), float(images.max()))
+    assert (float(observed.low), float(observed.high)) == (float(images.min()), float(images.max()))
     assert {"test_accuracy_w8a8", "val_accuracy_w8a8"} <= set(metrics)
     assert metrics["activation_peak_int8_bytes"] == int8_activation_bytes(peak)
     assert metrics["total_w8a8_bytes"] == metrics["footprint_best_int8_bytes"] + int8_activation_bytes(peak)

@@ -9,7 +9,7 @@ Library API (the CLI / entry point calls these):
 
 Runs are ranked by ``metric`` (default ``val_accuracy``: choose on validation); the table shows the test
 accuracy beside it when the ranking metric is another one. A run is one point per deployment precision
-(``precisions``: fp16, int8, int4, w8a8; default every one found): its accuracy is ``<metric>_<p>`` and its
+(``precisions``: fp16, int8, int4, w8a8, ort_int8; default every one found): its accuracy is ``<metric>_<p>`` and its
 footprint the precision's counterpart of ``footprint`` (rules: :mod:`prune_tracker.core.frontier`), so the front,
 the budget and the floor answers pick across precisions, and ``register`` registers the winning variant.
 """
@@ -278,7 +278,7 @@ def format_table(
     return "\n".join(out)
 
 
-PRECISION_MARKERS = {"fp16": "o", "int8": "s", "int4": "^", "w8a8": "D"}
+PRECISION_MARKERS = {"fp16": "o", "int8": "s", "int4": "^", "w8a8": "D", "ort_int8": "P"}
 DENSE_SMALL_LABEL = "dense-small baseline"
 
 

@@ -182,10 +182,11 @@ compare_filter_options = stack(
     click.option("--metric", default="val_accuracy", show_default=True,
                  help="accuracy metric the front and the answers rank on (test accuracy is shown beside it)"),
     click.option("--footprint", default="footprint_best_bytes", show_default=True,
-                 help="footprint metric on the x axis"),
+                 help="footprint metric on the x axis; best (storage: weights in their smallest format), total "
+                      "(+ activations), runtime (what a runtime holds: every tensor dense, ort_int8 its .onnx file)"),
     click.option("--budget", default="", help="best accuracy within this footprint, e.g. 200KB"),
     click.option("--precisions", default="",
-                 help="points per precision: fp16, int8, int4, w8a8 (comma list; default: every one found)"),
+                 help="points per precision: fp16, int8, int4, w8a8, ort_int8 (comma list; default: every one found)"),
     option("min_accuracy", type=FiniteFloat(low=0, high=1, optional=True), default=None,
            help="smallest footprint above this accuracy"),
     click.option("--aggregate", type=click.Choice(AGGREGATES), default="none", show_default=True,

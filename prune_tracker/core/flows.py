@@ -8,21 +8,27 @@ no MLflow) call the same functions, so a benchmark row is computed by the code a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .data import BatchLoader, DataSplits
+from .deploy import ORT_INT8, weight_precisions
 from .footprint import measure_footprint, micronet_score
+from .models import build_from_spec
 from .pruning import PruneContext, PruneResult, make_permanent
 from .pruning.iterative import RoundPlan, iterative_prune
 from .pruning.target import footprint_probe, search_ratio
 from .quant import byte_metrics, int8_activation_bytes, measure_precisions, model_bytes, qat_finetune
 from .quant.weights import BITS
 from .training import TrainConfig, evaluate, finetune_fn
+
+if TYPE_CHECKING:
+    from .deploy.measure import Deployment
 
 DEFAULT_INPUT = (3, 32, 32)  # one CIFAR image: what a model is measured with unless it declares another shape
 # The fp16 point's bytes: `footprint_best_bytes` (BatchNorm unfolded, best storage format) is the one name.
@@ -162,20 +168,22 @@ def ratio_for_target(model: nn.Module, method, options: dict[str, Any], ctx: Pru
     return search_ratio(footprint_probe(model, method, options, ctx, measure), target_bytes, label=method.name)
 
 
+def split_accuracies(model: nn.Module, measurement: Measurement) -> dict[str, float]:
+    """`val_accuracy` / `test_accuracy` of `model` as the measurement evaluates (device, flip TTA)."""
+    measured = evaluate_splits(model.to(measurement.device), measurement.splits, measurement.device, measurement.tta)
+    return {k: v for k, v in measured.items() if k.endswith("_accuracy")}
+
+
 def precision_metrics(model: nn.Module, measurement: Measurement, footprint: dict[str, float]) -> dict[str, float]:
-    """Accuracy and bytes at each deployment precision (weights fake-quantised after BatchNorm folding) as
-    `<metric>_<precision>`, `micronet_score_<precision>`; w8a8 activation scales are calibrated on the first
-    CALIBRATION_IMAGES training images (never validation or test, which rank and report the result)."""
-    splits, device, precisions, input_shape = (measurement.splits, measurement.device, measurement.precisions,
-                                               measurement.input_shape)
+    """Accuracy and bytes at each weight precision of the measurement (fp16 / int8 / int4: weights fake-quantised
+    after BatchNorm folding) as `<metric>_<precision>`, `micronet_score_<precision>`; w8a8 activation scales are
+    calibrated on the first CALIBRATION_IMAGES training images (never validation or test, which rank and report the
+    result). The deployment precision ort_int8 is `deployment_metrics`'."""
+    splits, device, input_shape = measurement.splits, measurement.device, measurement.input_shape
+    precisions = weight_precisions(measurement.precisions)
     if not precisions:
         return {}
-
-    def accuracies(quantised: nn.Module) -> dict[str, float]:
-        measured = evaluate_splits(quantised.to(device), splits, device, measurement.tta)
-        return {k: v for k, v in measured.items() if k.endswith("_accuracy")}
-
-    metrics = measure_precisions(model, precisions, accuracies,
+    metrics = measure_precisions(model, precisions, lambda quantised: split_accuracies(quantised, measurement),
                                  lambda: training_batches(splits, device, limit=CALIBRATION_IMAGES),
                                  footprint["activation_peak_fp32_bytes"])
     for precision in precisions:
@@ -183,3 +191,41 @@ def precision_metrics(model: nn.Module, measurement: Measurement, footprint: dic
     if "int8" in precisions:
         metrics["micronet_score_w8a8"] = micronet_score(model, 8, input_shape, mult_bits=8)
     return metrics
+
+
+def deployment_metrics(model: nn.Module, measurement: Measurement, folder: Path, label: str = "the model",
+                       min_run_time: float | None = None) -> Deployment | None:
+    """`core.deploy.measure_ort_int8` when the measurement asks for ort_int8 (else None): ONNX Runtime int8
+    calibrated on the same first CALIBRATION_IMAGES training images as w8a8, evaluated like every precision
+    (latencies timed for `min_run_time` seconds each, default `core.deploy.latency.MIN_RUN_TIME`)."""
+    if ORT_INT8 not in measurement.precisions:
+        return None
+    from .deploy.measure import measure_ort_int8  # onnx / onnxruntime: imported only when measured
+
+    calibration = (x.cpu().numpy() for x, _ in training_batches(measurement.splits, measurement.device,
+                                                                 limit=CALIBRATION_IMAGES))
+    return measure_ort_int8(model, measurement.input_shape, calibration,
+                            lambda runtime: split_accuracies(runtime, measurement), folder, label, min_run_time)
+
+
+SAVED_MODEL_KEYS = ("spec", "state_dict")  # a saved model: `core.models.architecture_spec` and the state_dict
+
+
+def deploy_saved_model(saved: Mapping[str, Any], splits: DataSplits, folder: Path, tta: bool = True,
+                       label: str = "the saved model", min_run_time: float | None = None) -> Deployment:
+    """ONNX Runtime int8 of a saved model (``{"spec": architecture spec, "state_dict": ...}``, as library-level
+    benchmarks save their rows' models), measured as a run measures ort_int8 (`deployment_metrics`): calibrated on
+    the first CALIBRATION_IMAGES training images of `splits`, evaluated on its val and test splits with flip TTA when
+    `tta`, the .onnx files written into `folder`. ValueError (one line, naming `label`) for anything else."""
+    missing = [key for key in SAVED_MODEL_KEYS if key not in saved]
+    if missing:
+        raise ValueError(f"{label} is no saved model: it has no {', '.join(map(repr, missing))} "
+                         f"(a saved model is a dict with {', '.join(map(repr, SAVED_MODEL_KEYS))})")
+    model = build_from_spec(dict(saved["spec"]))
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as error:  # torch's message spans lines
+        detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise ValueError(f"{label}: its state_dict does not fit its spec ({detail})") from None
+    measurement = Measurement(splits, torch.device("cpu"), tta, (ORT_INT8,), image_shape(splits))
+    return deployment_metrics(model.eval(), measurement, Path(folder), label, min_run_time)

@@ -13,9 +13,11 @@ Precisions (:data:`PRECISIONS`): a run that logged its deployable variants is on
   ``footprint_best_bytes``, ``total_fp16_best_bytes``, ``flops_dense``); the other precisions take its
   counterpart in :data:`PRECISION_FOOTPRINTS` (:func:`precision_footprint`), e.g. ``footprint_best_bytes`` ->
   ``footprint_best_int8_bytes`` / ``footprint_best_int4_bytes`` (w8a8: its int8 weights,
-  ``footprint_best_int8_bytes``), ``total_fp16_best_bytes`` -> ``total_w8a8_bytes`` for w8a8 only. A footprint
-  without a counterpart gives that precision no point. Shortcuts: ``best`` = footprint_best_bytes (default),
-  ``total`` = total_fp16_best_bytes (:data:`FOOTPRINT_SHORTCUTS`).
+  ``footprint_best_int8_bytes``), ``total_fp16_best_bytes`` -> ``total_w8a8_bytes`` for w8a8 and ort_int8 only.
+  ort_int8 (ONNX Runtime int8) ships the int8 weights (storage x: the int8 figures) and its runtime holds its
+  .onnx file (``footprint_fp16_bytes``, every tensor dense -> ``file_ort_int8_bytes``). A footprint without a
+  counterpart gives that precision no point. Shortcuts: ``best`` = footprint_best_bytes (default, storage),
+  ``total`` = total_fp16_best_bytes, ``runtime`` = footprint_fp16_bytes (:data:`FOOTPRINT_SHORTCUTS`).
 """
 
 from __future__ import annotations
@@ -30,20 +32,26 @@ BASELINE_TAG = "baseline"  # tag of a baseline run; DENSE_SMALL: a smaller dense
 DENSE_SMALL = "dense-small"
 BASELINE_BASE_TAG = "baseline_base_run_id"  # the base model a baseline stands in for (its compression reference)
 FP16 = "fp16"
-PRECISIONS = (FP16, "int8", "int4", "w8a8")  # w8a8: int8 weights and int8 activations
-FOOTPRINT_SHORTCUTS = {"best": "footprint_best_bytes", "total": "total_fp16_best_bytes"}
-# fp16 footprint option -> {precision: the metric that precision's point takes as x}; fp16 keeps the option
+# w8a8: int8 weights and int8 activations (fake-quantised); ort_int8: the model run by ONNX Runtime's int8 kernels
+PRECISIONS = (FP16, "int8", "int4", "w8a8", "ort_int8")
+# best: storage (bytes to ship: each weight in its smallest format); total: + the activation peak; runtime: what a
+# runtime holds (every tensor dense: runtimes run dense tensors; ort_int8 its measured .onnx file)
+FOOTPRINT_SHORTCUTS = {"best": "footprint_best_bytes", "total": "total_fp16_best_bytes",
+                       "runtime": "footprint_fp16_bytes"}
+# fp16 footprint option -> {precision: the metric that precision's point takes as x}; fp16 keeps the option. ort_int8
+# ships the same per-channel int8 weights as int8 (storage x), its runtime x is its file.
 PRECISION_FOOTPRINTS: dict[str, dict[str, str]] = {
     "footprint_best_bytes": {"int8": "footprint_best_int8_bytes", "int4": "footprint_best_int4_bytes",
-                             "w8a8": "footprint_best_int8_bytes"},
+                             "w8a8": "footprint_best_int8_bytes", "ort_int8": "footprint_best_int8_bytes"},
     "footprint_fp16_bytes": {"int8": "footprint_int8_bytes", "int4": "footprint_int4_bytes",
-                             "w8a8": "footprint_int8_bytes"},
+                             "w8a8": "footprint_int8_bytes", "ort_int8": "file_ort_int8_bytes"},
     "footprint_csr_fp16_bytes": {"int8": "footprint_csr_int8_bytes", "int4": "footprint_csr_int4_bytes",
-                                 "w8a8": "footprint_csr_int8_bytes"},
+                                 "w8a8": "footprint_csr_int8_bytes", "ort_int8": "footprint_csr_int8_bytes"},
     "footprint_bitmask_fp16_bytes": {"int8": "footprint_bitmask_int8_bytes", "int4": "footprint_bitmask_int4_bytes",
-                                     "w8a8": "footprint_bitmask_int8_bytes"},
-    "total_fp16_best_bytes": {"w8a8": "total_w8a8_bytes"},
-    "activation_peak_fp16_bytes": {"w8a8": "activation_peak_int8_bytes"},
+                                     "w8a8": "footprint_bitmask_int8_bytes",
+                                     "ort_int8": "footprint_bitmask_int8_bytes"},
+    "total_fp16_best_bytes": {"w8a8": "total_w8a8_bytes", "ort_int8": "total_w8a8_bytes"},
+    "activation_peak_fp16_bytes": {"w8a8": "activation_peak_int8_bytes", "ort_int8": "activation_peak_int8_bytes"},
 }
 
 
@@ -85,6 +93,14 @@ def precision_footprint(footprint: str, precision: str) -> str | None:
     if precision == FP16:
         return footprint
     return PRECISION_FOOTPRINTS.get(footprint, {}).get(precision)
+
+
+def borrows_footprint(footprint: str, precision: str) -> bool:
+    """Whether ``precision``'s x under ``footprint`` is an earlier precision's (w8a8's and ort_int8's storage bytes
+    are int8's): logging it does not mean ``precision`` was measured."""
+    x = precision_footprint(footprint, precision)
+    earlier = PRECISIONS[: PRECISIONS.index(precision)] if precision in PRECISIONS else PRECISIONS
+    return x is not None and any(precision_footprint(footprint, p) == x for p in earlier if p != FP16)
 
 
 def footprint_precisions(footprint: str) -> tuple[str, ...]:

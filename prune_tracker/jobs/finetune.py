@@ -20,7 +20,7 @@ from prune_tracker.jobs.lineage import (
     seed_params,
     teacher,
 )
-from prune_tracker.jobs.outputs import log_trained_outputs
+from prune_tracker.jobs.outputs import check_deployable, log_trained_outputs
 from prune_tracker.jobs.runs import start_run
 from prune_tracker.jobs.specs import FinetuneSpec
 
@@ -32,6 +32,7 @@ def finetune_model(spec: FinetuneSpec) -> str:
     found = load_with_data(spec.model_uri, spec.data, spec.arch, spec.input_shape)
     loaded, splits = found.model, found.splits
     check_trainable(loaded)
+    check_deployable(loaded.model, run.precisions, loaded.input_shape, f"model_uri={spec.model_uri!r}")
     config = recipe_config(spec.train, recovery, loaded)
     if recovery.distill_alpha and not recovery.teacher_uri:
         base = tracking.ancestor_run(loaded.source_run_id, "train") if loaded.source_run_id else None

@@ -1,5 +1,6 @@
 """What every run that produces a model logs: accuracy on each split, the footprint, every deployment precision, the
-model itself (pickle flavour + spec + state_dict) and its deployable int8 / int4 variants."""
+model itself (pickle flavour + spec + state_dict) and its deployable int8 / int4 variants, and with ort_int8 the
+ONNX Runtime int8 model (`model_ort_int8`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 from torch import nn
 
 from prune_tracker import tracking
+from prune_tracker.core.deploy import ORT_ARTIFACT, ORT_INT8
 from prune_tracker.core.evaluation import sparsity_figure
-from prune_tracker.core.flows import DEFAULT_INPUT, Measurement, evaluate_splits, precision_metrics
+from prune_tracker.core.flows import DEFAULT_INPUT, Measurement, deployment_metrics, evaluate_splits, precision_metrics
 from prune_tracker.core.footprint import footprint_figure, measure_footprint
 from prune_tracker.core.models import architecture_spec
 from prune_tracker.core.models.foreign import is_foreign_arch
@@ -38,6 +40,41 @@ def log_precisions(model: nn.Module, measurement: Measurement, footprint: dict[s
     metrics = precision_metrics(model, measurement, footprint)
     tracking.log_metrics(metrics)
     return metrics
+
+
+def check_deployable(model: nn.Module, precisions: Sequence[str], input_shape: tuple[int, ...], label: str) -> None:
+    """Before a run starts: with ort_int8 among `precisions`, an ExportError (one line naming `label`) unless the
+    model exports to ONNX, so that no run is left half-logged by a model ONNX Runtime cannot take."""
+    if ORT_INT8 not in precisions:
+        return
+    from prune_tracker.core.deploy.export import ExportError, check_exportable  # onnx: imported only when asked
+
+    try:
+        check_exportable(model, input_shape, label)
+    except ExportError as err:
+        raise ExportError(f"{err}; precisions={ORT_INT8} needs a model ONNX can export: leave {ORT_INT8} out") from None
+
+
+def log_deployment(model: nn.Module, measurement: Measurement, folder: Path, label: str) -> dict[str, float]:
+    """`core.flows.deployment_metrics` (ort_int8), logged; the quantised file is left in `folder`. {} without
+    ort_int8."""
+    deployment = deployment_metrics(model, measurement, folder, label)
+    if deployment is None:
+        return {}
+    tracking.log_metrics(deployment.metrics)
+    return deployment.metrics
+
+
+def _log_ort_model(folder: Path, arch: str, num_classes: int, input_shape: tuple[int, ...],
+                   final_metrics: dict[str, float]) -> None:
+    """The ONNX Runtime int8 file `log_deployment` left in `folder`, logged as `model_ort_int8` with its figures."""
+    from prune_tracker.core.deploy.measure import INT8_FILE
+    from prune_tracker.tracking.onnx_models import log_onnx_model  # onnx: imported only when measured
+
+    keys = (f"val_accuracy_{ORT_INT8}", f"test_accuracy_{ORT_INT8}", f"file_{ORT_INT8}_bytes",
+            f"latency_ms_{ORT_INT8}", f"latency_ms_{ORT_INT8}_batch128")
+    attached = {k: final_metrics[k] for k in keys if k in final_metrics}
+    log_onnx_model(folder / INT8_FILE, ORT_ARTIFACT, arch, num_classes, input_shape, attached)
 
 
 def param_counts(footprint: dict[str, float]) -> dict[str, float]:
@@ -97,6 +134,10 @@ def log_trained_outputs(model: nn.Module, measurement: Measurement, arch: str, r
     footprint = log_footprint(model, parent_model=reference, input_shape=measurement.input_shape)
     final.update(param_counts(footprint))
     final.update(log_precisions(model, measurement, footprint))
-    finish_model(model, arch, splits.num_classes, final, extra_spec, measurement.precisions,
-                 measurement.input_shape, code_paths)
+    with tempfile.TemporaryDirectory() as tmp:
+        final.update(log_deployment(model, measurement, Path(tmp), f"arch={arch}"))
+        finish_model(model, arch, splits.num_classes, final, extra_spec, measurement.precisions,
+                     measurement.input_shape, code_paths)
+        if ORT_INT8 in measurement.precisions:
+            _log_ort_model(Path(tmp), arch, splits.num_classes, measurement.input_shape, final)
     return final

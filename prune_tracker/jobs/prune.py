@@ -22,7 +22,7 @@ from prune_tracker.core.pruning import get_method
 from prune_tracker.core.training import resolve_device, seed_everything
 from prune_tracker.jobs.any_cnn import copy_loaded
 from prune_tracker.jobs.lineage import check_trainable, load_with_data, origin, recipe_config, seed_params, teacher
-from prune_tracker.jobs.outputs import log_trained_outputs
+from prune_tracker.jobs.outputs import check_deployable, log_trained_outputs
 from prune_tracker.jobs.runs import start_run
 from prune_tracker.jobs.specs import PruneSpec
 
@@ -46,6 +46,7 @@ def prune_model(spec: PruneSpec) -> str:
     found = load_with_data(spec.model_uri, spec.data, spec.arch, spec.input_shape)
     loaded, splits = found.model, found.splits
     check_trainable(loaded)
+    check_deployable(loaded.model, run.precisions, loaded.input_shape, f"model_uri={spec.model_uri!r}")
     config = recipe_config(replace(spec.train, epochs=spec.finetune_epochs), spec.recovery, loaded)
     arch, options = loaded.spec["arch"], dict(spec.options)
     model = copy_loaded(loaded).to(device)

@@ -23,11 +23,12 @@ from typing import Any
 
 from ..core.budget import check_budget
 from ..core.data import AUTO, DataSplits, load_splits
+from ..core.deploy import validate_run_precisions
 from ..core.flows import TARGET_ALIASES
 from ..core.models import build_model
 from ..core.models.foreign import parse_input_shape
 from ..core.pruning import get_method, validate_ratio
-from ..core.quant import PRECISIONS, validate_precisions, validate_qat
+from ..core.quant import PRECISIONS, validate_qat
 from ..core.training import TrainConfig
 
 CHECKED_SPLIT_FIELDS = ("dataset", "val_size", "split_seed")  # an explicit value must equal the parent's
@@ -123,11 +124,11 @@ class RunSpec:
     run_name: str | None = None
     extra_tags: Mapping[str, str] = field(default_factory=dict)
     nested: bool = False  # a step of the `main` pipeline
-    precisions: tuple[str, ...] = PRECISIONS  # deployment precisions measured on every model a run logs
+    precisions: tuple[str, ...] = PRECISIONS  # deployment precisions measured on every model (+ opt-in ort_int8)
     resume_run_id: str | None = None  # continue this run (a sweep's trial run, created SCHEDULED beforehand)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "precisions", validate_precisions(self.precisions))
+        object.__setattr__(self, "precisions", validate_run_precisions(self.precisions))
         object.__setattr__(self, "extra_tags", dict(self.extra_tags))  # a copy: the caller's dict cannot change it
 
 

@@ -6,12 +6,12 @@ import time
 from dataclasses import asdict
 
 from prune_tracker import tracking
-from prune_tracker.core.flows import Measurement
+from prune_tracker.core.flows import Measurement, image_shape
 from prune_tracker.core.models import build_model
 from prune_tracker.core.training import Trainer, fit, resolve_device, seed_everything
 from prune_tracker.jobs.any_cnn import check_model_on_data
 from prune_tracker.jobs.lineage import seed_params
-from prune_tracker.jobs.outputs import log_trained_outputs
+from prune_tracker.jobs.outputs import check_deployable, log_trained_outputs
 from prune_tracker.jobs.runs import start_run
 from prune_tracker.jobs.specs import TrainSpec
 
@@ -24,6 +24,7 @@ def train(spec: TrainSpec) -> str:
     seed_everything(config.seed)
     model = build_model(spec.arch, splits.num_classes, zero_init=config.zero_init_residual, width=config.width)
     check_model_on_data(model, splits, f"arch={spec.arch}")  # e.g. a torchvision builder that needs larger images
+    check_deployable(model, run.precisions, image_shape(splits), f"arch={spec.arch}")
     checkpoint = tracking.load_checkpoint(spec.resume_run_id) if spec.resume_run_id else None
     if spec.resume_run_id and checkpoint is None:
         raise ValueError(f"resume_run_id={spec.resume_run_id!r}: that run has no checkpoint/last.pt to resume from")

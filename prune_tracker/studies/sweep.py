@@ -34,9 +34,10 @@ import torch
 
 from prune_tracker import tracking
 from prune_tracker.core.budget import check_budget, fraction, parse_budget
+from prune_tracker.core.deploy import validate_run_precisions
 from prune_tracker.core.footprint import human_bytes
 from prune_tracker.core.pruning import get_method, validate_ratio
-from prune_tracker.core.quant import PRECISIONS, validate_precisions, validate_qat
+from prune_tracker.core.quant import PRECISIONS, validate_qat
 from prune_tracker.core.recipes import logged_train_config
 from prune_tracker.core.seeds import parse_seeds
 from prune_tracker.core.training import TrainConfig
@@ -139,7 +140,7 @@ class PruneBase:
     def validate(self) -> None:
         if not self.model_uri:
             raise ValueError("model_uri is empty; pass the base model, e.g. runs:/<run_id>/model")
-        self.precisions = validate_precisions(self.precisions)
+        self.precisions = validate_run_precisions(self.precisions)
         self.recipe.validate()
 
 

@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from prune_tracker.core.deploy import ORT_ARTIFACT, ORT_INT8
 from prune_tracker.core.models import architecture_spec, build_from_spec, build_model
 from prune_tracker.core.models.foreign import is_foreign_arch
 from prune_tracker.core.quant import artifact_dir_name
@@ -396,7 +397,7 @@ def resolve_run_id(model_uri: str) -> str:
 # point is the int8 file with its activation scales calibrated again.
 QUANTISED_ARTIFACTS = tuple(artifact_dir_name(p) for p in ("int8", "int4"))
 PRECISION_ARTIFACTS = {"fp16": MODEL_ARTIFACT, "int8": QUANTISED_ARTIFACTS[0], "int4": QUANTISED_ARTIFACTS[1],
-                       "w8a8": QUANTISED_ARTIFACTS[0]}
+                       "w8a8": QUANTISED_ARTIFACTS[0], ORT_INT8: ORT_ARTIFACT}  # ort_int8: tracking/onnx_models.py
 
 
 def logged_model_uri(run_id: str, name: str = MODEL_ARTIFACT) -> str | None:
@@ -410,12 +411,12 @@ def logged_model_uri(run_id: str, name: str = MODEL_ARTIFACT) -> str | None:
 
 
 def _loadable_models(run_id: str) -> list[str]:
-    return [name for name in (MODEL_ARTIFACT, *QUANTISED_ARTIFACTS) if logged_model_uri(run_id, name)]
+    return [name for name in (MODEL_ARTIFACT, *QUANTISED_ARTIFACTS, ORT_ARTIFACT) if logged_model_uri(run_id, name)]
 
 
 def _check_artifact_name(model_uri: str, run_id: str, name: str) -> None:
     """A URI loads what it names: a name the run did not log is an error naming what the run has."""
-    if name == MODEL_ARTIFACT or (name in QUANTISED_ARTIFACTS and logged_model_uri(run_id, name)):
+    if name == MODEL_ARTIFACT or (name in (*QUANTISED_ARTIFACTS, ORT_ARTIFACT) and logged_model_uri(run_id, name)):
         return
     loadable = ", ".join(_loadable_models(run_id)) or "none"
     raise ModelLoadError(f"model_uri {model_uri!r}: run {run_id} has no loadable model {name!r}; loadable: {loadable}")
@@ -425,12 +426,18 @@ def _load_quantised(model_uri: str, run_id: str, name: str) -> LoadedModel:
     """A deployable int8 / int4 file: rebuilt from its architecture spec and packed tensors, never unpickled."""
     from prune_tracker.core.quant import QUANT_FILE_NAME, load_quantized
 
-    source = model_uri if re.fullmatch(r"(models:/)?m-[0-9a-f]+", model_uri) else logged_model_uri(run_id, name)
-    source = source if source.startswith("models:/") else f"models:/{source}"
     with tempfile.TemporaryDirectory() as tmp:
+        source = _variant_source(model_uri, run_id, name)
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp))
         model, spec = load_quantized(folder / QUANT_FILE_NAME)
     return LoadedModel(model.eval(), spec, run_id, model_uri, precision=name.removeprefix("model_"))
+
+
+def _variant_source(model_uri: str, run_id: str, name: str) -> str:
+    """`models:/<model id>` of a deployable variant: the URI itself when it names the logged model, else the model
+    named `name` that the run logged."""
+    source = model_uri if re.fullmatch(r"(models:/)?m-[0-9a-f]+", model_uri) else logged_model_uri(run_id, name)
+    return source if source.startswith("models:/") else f"models:/{source}"
 
 
 def load_model(model_uri: str, arch: str | None = None) -> LoadedModel:
@@ -449,6 +456,11 @@ def load_model(model_uri: str, arch: str | None = None) -> LoadedModel:
     _check_artifact_name(model_uri, run_id, artifact)
     if artifact in QUANTISED_ARTIFACTS:
         return _check_arch_agrees(_load_quantised(model_uri, run_id, artifact), arch, model_uri)
+    if artifact == ORT_ARTIFACT:  # issue 19: the ONNX Runtime int8 model (tracking/onnx_models.py)
+        from prune_tracker.tracking.onnx_models import load_onnx_model
+
+        loaded = load_onnx_model(_variant_source(model_uri, run_id, artifact), model_uri, run_id)
+        return _check_arch_agrees(loaded, arch, model_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             folder = Path(

@@ -6,8 +6,9 @@ unpruned (stage=train) root, fetching roots that the filters left out.
 
 Precisions (the metric names: :mod:`prune_tracker.core.frontier`): every run is an fp16 candidate (``<metric>_fp16``
 or ``<metric>``, and the ``footprint`` option); a run is an int8 / int4 / w8a8 candidate when it logged that
-precision's accuracy or x metric, and is reported missing for it (reason ``"int8: missing metric ..."``) when
-it logged only one of the two. A precision the footprint has no counterpart for gives no point.
+precision's accuracy or x metric (w8a8 and ort_int8, whose x may be int8's, only when it logged their accuracy),
+and is reported missing for it (reason ``"int8: missing metric ..."``) when it logged only one of the two. A
+precision the footprint has no counterpart for gives no point.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from prune_tracker.core.frontier import (
     PRECISIONS,
     RunPoint,
     accuracy_metric,
+    borrows_footprint,
     dense_reference,
     footprint_precisions,
     front_key,
@@ -52,7 +54,7 @@ _MAX_CHAIN = 64
 class RunQuery:
     """Which runs (FINISHED, in ``experiment_names``, matching the tag equalities and the raw MLflow
     ``filter_string``), which two metrics make their points, and at which ``precisions`` (a comma list or a
-    sequence of fp16, int8, int4, w8a8; None: every precision the runs logged)."""
+    sequence of fp16, int8, int4, w8a8, ort_int8; None: every precision the runs logged)."""
 
     experiment_names: Sequence[str]
     dataset: str | None = None
@@ -206,7 +208,7 @@ def _precision_points(
         if x is None:
             continue
         y = accuracy_metric(metric, precision, logged)
-        if precision != FP16 and y not in logged and x not in logged:
+        if precision != FP16 and y not in logged and (x not in logged or borrows_footprint(footprint, precision)):
             continue  # this precision was not measured on this run
         reason = _missing_reason(run, y, x)
         if reason is None:

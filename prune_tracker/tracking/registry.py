@@ -2,7 +2,8 @@
 
 * one registered model per (dataset, arch): ``prune-tracker-<dataset>-<arch>``, or ``registered_name``;
 * a version per front point (run, precision): the variant the run logged for that precision
-  (``PRECISION_ARTIFACTS``: fp16 -> ``model``, int8 / w8a8 -> ``model_int8``, int4 -> ``model_int4``), registered
+  (``PRECISION_ARTIFACTS``: fp16 -> ``model``, int8 / w8a8 -> ``model_int8``, int4 -> ``model_int4``, ort_int8 ->
+  ``model_ort_int8``, an ONNX model), registered
   from its ``models:/<model id>`` URI (registering ``runs:/<id>/model`` makes MLflow 3 look the logged model
   up itself and warn on every version); looked up by run id and the version tag ``precision`` first (a version
   without that tag counts as fp16), so re-running creates no duplicate; version tags ``precision``,
@@ -111,7 +112,8 @@ def _validate(
 
 
 # A w8a8 point registers the run's int8 file: the accuracy tag needs its activation scales calibrated again.
-W8A8_NOTE = ("int8 per-tensor input scales, calibrated on validation images (prune_tracker.core.quant.calibrate_w8a8); "
+W8A8_NOTE = ("every activation int8 (per-tensor), scales calibrated on training images (prune_tracker.core.quant."
+             "calibrate_w8a8); "
              "the file holds the int8 weights")
 
 

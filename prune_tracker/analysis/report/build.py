@@ -4,7 +4,7 @@ Sections: key answers, per-method summary, the runs table, accuracy-vs-footprint
 per precision), a sparsity x precision table, accuracy-vs-pruning-ratio curves per method and precision,
 per-layer sparsity of the front's models (``sparsity.json``) and their footprint breakdown (parameters vs
 activations; fp32 / fp16 / CSR / int8 / int4) from metrics and ``footprint.json``. A run is one point per
-precision (fp16, int8, int4, w8a8; ``precisions`` option, default every one found).
+precision (fp16, int8, int4, w8a8, ort_int8; ``precisions`` option, default every one found).
 :func:`run_report` reads the runs (via :func:`prune_tracker.analysis.compare.select`), builds the file and logs it
 as ``report/report.html`` of a ``stage=report`` run, so it opens in the MLflow UI. Runs are ranked by
 ``metric`` (default ``val_accuracy``); the runs table shows ``test_accuracy`` beside it.

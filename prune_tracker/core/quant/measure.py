@@ -15,9 +15,10 @@ figure family (footprint_fp16_bytes, footprint_best_bytes, ...: BatchNorm unfold
 name stands for one figure. Stores written before that also hold ``footprint_*_fp16_folded_bytes`` (BN folded,
 ~2.7 KB smaller on ResNet-20) and the alias ``footprint_best_fp16_bytes``; compare reads them as before.
 
-With `calibration_batches` and "int8" among the precisions, also the w8a8 model (int8 weights, int8
-activations calibrated on those batches only): ``<key>_w8a8``, ``activation_peak_int8_bytes`` (one byte per
-activation value of the fp32 peak) and ``total_w8a8_bytes`` = footprint_best_int8_bytes + that peak.
+With `calibration_batches` and "int8" among the precisions, also the w8a8 model (int8 weights, every activation
+tensor int8, ranges calibrated on those batches only: `activations`): ``<key>_w8a8``, ``activation_peak_int8_bytes``
+(one byte per activation value of the fp32 peak, which counts the same tensors the simulation quantises) and
+``total_w8a8_bytes`` = footprint_best_int8_bytes + that peak.
 """
 
 from __future__ import annotations

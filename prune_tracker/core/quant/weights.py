@@ -1,8 +1,9 @@
 """Weight quantisation after BatchNorm folding: fp16 (a cast), or symmetric per-output-channel int8 / int4
 (levels -127..127 / -7..7, zero point 0) with one fp16 scale per output channel.
 
-Scales come from torch.ao's PerChannelMinMaxObserver (amax / qmax) and are rounded to fp16 before use, so
-the scale stored is the scale applied. Rounding is torch.fake_quantize_per_channel_affine; since
+Scales are amax / qmax per output channel (at least FP32_EPS: the arithmetic of torch.ao's
+PerChannelMinMaxObserver, which this replaces bit for bit) and are rounded to fp16 before use, so the scale stored
+is the scale applied. Rounding is torch.fake_quantize_per_channel_affine; since
 |q| <= 127 and the scale has an 11-bit mantissa, q * scale is exact in fp32, so the integers recovered from
 the fake-quantised weight dequantise to exactly it. Zero stays zero (round(0) = 0); every Conv2d and Linear
 weight is quantised; biases and any other tensors stay fp32.
@@ -14,13 +15,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
 from .fold import fold_batch_norm
 
 PRECISIONS = ("fp16", "int8", "int4")
 BITS = {"fp16": 16, "int8": 8, "int4": 4}
 QMAX = {"int8": 127, "int4": 7}
+FP32_EPS = torch.finfo(torch.float32).eps  # the smallest scale torch.ao's observers give
 _SMALLEST_FP16 = 2.0**-24  # smallest fp16 subnormal: an all-zero channel must not get scale 0
 
 
@@ -37,11 +38,9 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def channel_scales(weight: Tensor, precision: str) -> Tensor:
     """fp16 per-output-channel symmetric scales (amax / qmax) of an int8 / int4 weight."""
-    qmax = QMAX[precision]
-    observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
-                                        quant_min=-qmax, quant_max=qmax).to(weight.device)
-    observer(weight.detach().float())
-    scale, _ = observer.calculate_qparams()
+    low, high = torch.aminmax(weight.detach().float().flatten(1), dim=1)
+    amax = torch.max(-torch.clamp(low, max=0), torch.clamp(high, min=0))
+    scale = torch.clamp(amax / float(QMAX[precision]), min=FP32_EPS)
     return scale.to(torch.float16).clamp_min(_SMALLEST_FP16)
 
 
