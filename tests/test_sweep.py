@@ -149,7 +149,7 @@ def test_every_grid_value_changes_the_trial_key_and_nothing_else_does():
     base = PruneBase("runs:/x/model", DataSpec.inherited(), precisions=())
 
     def key(spec: TrialSpec, on: PruneBase = base) -> str:
-        return reuse_key("prune", spec.identity(on, "run:x/model"), code="fixed")
+        return reuse_key("prune", spec.identity(on), code="fixed", resolve=lambda uri: f"content of {uri}")
 
     one = TrialSpec("lamp", 0.5)
     assert key(one) == key(TrialSpec("lamp", 0.5, seed=0, options={"keep_first": "true"}))  # the default, resolved

@@ -26,6 +26,7 @@ from prune_tracker.cli.options import (
     stack,
     train_config,
     train_options,
+    trust_pickle_option,
     zero_init_option,
 )
 
@@ -50,6 +51,7 @@ from prune_tracker.cli.options import (
 @zero_init_option
 @seed_option("training, pruning and fine-tuning")
 @data_options(train_subset_default=0, val_size_default=2000)
+@trust_pickle_option
 @handle_errors
 def main_pipeline(arch: str, methods: str, ratios: str, finetune_epochs: float, finetune_lr: float,
                   footprint: str, budget: str, register: bool, registered_name: str, seeds: list[int],
@@ -138,6 +140,7 @@ def _prune_base(model_uri: str, kw: dict[str, Any]):
 @executor_options
 @data_options(inherit=True)
 @click.pass_context
+@trust_pickle_option
 @handle_errors
 def sweep(ctx: click.Context, model_uri: str, methods: str, ratios: str, target_bytes: str, seeds: str,
           baselines: bool, executor: str, ray_address: str, ray_num_cpus: int, cpus_per_trial: int,
@@ -168,6 +171,7 @@ def sweep(ctx: click.Context, model_uri: str, methods: str, ratios: str, target_
 @executor_options
 @data_options(inherit=True)
 @click.pass_context
+@trust_pickle_option
 @handle_errors
 def search(ctx: click.Context, model_uri: str, budget: str, trials: int, methods: str, footprint: str,
            sampler_seed: int, registered_name: str, executor: str, ray_address: str, ray_num_cpus: int,

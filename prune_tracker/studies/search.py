@@ -43,6 +43,7 @@ from prune_tracker.studies.sweep import (
     tag_failures,
 )
 from prune_tracker.tracking import trials as trial_runs
+from prune_tracker.tracking.models import is_local_file
 
 SELECTION_METRIC = "val_accuracy"  # chosen on validation; test accuracy is reported, never used to select
 TARGET_PRECISIONS = (FP16, "int8", "int4")  # precisions whose bytes a trial's ratio search can fit to the budget
@@ -69,8 +70,7 @@ def parse_budget_bytes(budget: str, model_uri: str | None = None) -> int:
         raise ValueError("budget is empty; give a footprint budget such as 100KB, 1.5MB, 120000 or 1/8")
     if "/" in text:
         resolve_budget(text, 1.0)  # the fraction's form first, before the base model is looked up
-        identity = trial_runs.model_identity(model_uri) if model_uri else ""
-        run_id = identity[len("run:"):].split("/")[0] if identity.startswith("run:") else None
+        run_id = tracking.resolve_run_id(model_uri) if model_uri and not is_local_file(model_uri) else None
         metrics = tracking.run_metrics(run_id) if run_id else {}
         return int(resolve_budget(text, metrics.get("footprint_fp32_bytes")))
     try:
@@ -144,7 +144,7 @@ class SearchConfig:
             for value in values:
                 self.base.recipe.with_overrides({name: value}).validate()
         option_axes_for(self.methods, self.option_space)
-        trial_runs.model_identity(self.base.model_uri)
+        self.base.check_model([])  # the base model loads (a foreign one only with the pickle opt-in) and is fp32
         if not self.targets:
             raise ValueError(f"footprint={self.footprint!r} has no counterpart for precisions "
                              f"{', '.join(TARGET_PRECISIONS)}; use footprint_best_bytes")
