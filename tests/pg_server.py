@@ -104,7 +104,7 @@ def _acquire() -> TeamServerHandle:
         admin_password = secrets.token_urlsafe(18)
         env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32), "MLFLOW_DISABLE_TELEMETRY": "true"}
-        cm = running_team_server(root, auth=True, workers=1, env=env)
+        cm = running_team_server(root, auth=True, workers=1, env=env, timeout=300)
         try:
             uri = cm.__enter__()
         except BaseException:
