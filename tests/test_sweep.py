@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from conftest import PROJECT_ROOT
 from mlflow.tracking import MlflowClient
 
+from prune_tracker import tracking
 from prune_tracker.cli import cli
 from prune_tracker.jobs import DataSpec
 from prune_tracker.studies import sweep
@@ -35,6 +36,7 @@ from prune_tracker.studies.sweep import (
     expand_grid,
     run_sweep,
 )
+from prune_tracker.tracking import owner
 from prune_tracker.tracking.identity import reuse_key
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -201,6 +203,38 @@ def test_a_failed_trial_is_retried_once_then_failed_while_the_others_go_on(base_
     assert sorted(executor.attempts) == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)], "each failure retried once"
     failed = MlflowClient().get_run(results[1].run_id)
     assert failed.info.status == FAILED and failed.data.tags["error"] == "boom 2", "never started: marked FAILED"
+
+
+class LostOnAnotherNode(sweep.LocalExecutor):
+    """Attempt 1 starts its run on 'another node' (owner tags of another host, a fresh heartbeat) and its worker is
+    lost there; attempt 2 reopens the run here, as the retried trial does, and finishes it."""
+
+    def next_outcome(self) -> TrialOutcome:
+        task = self._queue.popleft()
+        client = MlflowClient()
+        if task.attempt == 1:
+            client.update_run(task.run_id, status="RUNNING")
+            for key, value in {owner.OWNER_HOST: "node-b.example", owner.OWNER_PID: "4242",
+                               owner.HEARTBEAT: owner.now_iso()}.items():
+                client.set_tag(task.run_id, key, value)
+            return TrialOutcome(task.index, False, task.run_id, "ray: NodeDiedError: node-b died", lost=True)
+        with tracking.tracked_run("prune", None, nested=True, resume_run_id=task.run_id):
+            pass
+        return TrialOutcome(task.index, True, task.run_id)
+
+
+def test_an_attempt_lost_with_its_node_is_ended_killed_and_the_retry_reopens_its_run(base_uri):
+    mlflow.set_experiment("lost-attempt")
+    with mlflow.start_run() as parent:
+        runner = TrialRunner(PruneBase(base_uri, precisions=()), LostOnAnotherNode(), parent.info.experiment_id,
+                             parent.info.run_id, "sweep", log=lambda _line: None)
+        runner.add(1, TrialSpec("lamp", 0.5))
+        runner.drain()
+    (result,) = runner.ordered()
+    assert (result.status, result.attempts) == (FINISHED, 2), result.error
+    run = MlflowClient().get_run(result.run_id)
+    assert run.info.status == FINISHED and run.data.tags["lost_attempt_1"].startswith("ray: NodeDiedError")
+    assert run.data.tags[owner.OWNER_PID] == str(os.getpid()), "the retry owns the run now"
 
 
 def test_runs_that_never_started_are_killed_when_the_study_stops(base_uri):
