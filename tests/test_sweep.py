@@ -16,12 +16,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import PROJECT_ROOT
 from mlflow.tracking import MlflowClient
 
 from prune_tracker import tracking
 from prune_tracker.cli import cli
+from prune_tracker.core.models import architecture_spec, build_model
 from prune_tracker.jobs import DataSpec
 from prune_tracker.studies import sweep
 from prune_tracker.studies.sweep import (
@@ -330,6 +332,36 @@ def test_bad_sweep_input_is_one_line_and_leaves_no_run(args, message):
 def test_an_unknown_base_model_is_one_line():
     result = CliRunner().invoke(cli, ["sweep", "--model-uri", "runs:/0123456789abcdef0123456789abcdef/model"])
     assert result.exit_code == 2 and "not found" in result.output and "Traceback" not in result.output
+
+
+def _model_file(path: Path, arch: str) -> str:
+    model = build_model(arch, 10)
+    torch.save({"spec": architecture_spec(model, arch, 10), "state_dict": model.state_dict()}, path)
+    return str(path)
+
+
+def test_the_base_model_is_checked_against_methods_and_baselines_before_any_run(tmp_path):
+    """What only the base model can tell fails before the sweep's run exists, in one line that says what to do."""
+    arch = "torchvision:mobilenet_v3_small"
+    with tracking.tracked_run("train", "sweep-refusals", "a base without a width multiplier") as run:
+        tracking.log_params({"arch": arch})
+        tracking.log_model(build_model(arch, 10), arch, 10)
+    cases = [
+        (["sweep", "--model-uri", _model_file(tmp_path / "vgg.pt", "vgg11_bn"), "--methods", "li_filters",
+          "--option", "scope=stage"], "li_filters: scope=stage needs an option-A CIFAR ResNet"),
+        (["sweep", "--model-uri", _model_file(tmp_path / "resnet8.pt", "resnet8"), "--baselines", "true"],
+         "baselines=true trains dense-small models with the base run's recipe and split, and model_uri="),
+        (["sweep", "--model-uri", f"runs:/{run.info.run_id}/model", "--baselines", "true"],
+         "baselines=true needs a base whose arch takes a width multiplier (resnet20, "),
+        (["main", "--arch", arch, "--baselines", "true"], "baselines=true needs an arch that takes a width multiplier"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, [*args, "--experiment-name", "sweep-refusals", "--device", "cpu"])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output[-2000:]
+    assert [r.data.tags["stage"] for r in MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("sweep-refusals").experiment_id])] == ["train"], "a study run started"
+    assert not running_runs()
 
 
 @pytest.mark.e2e
