@@ -5,13 +5,13 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 # Optional extras `make test` installs (pyproject.toml): add one here when its tests need it.
-EXTRAS := dev,server,ray,search
+EXTRAS := dev,server,ray,search,docs
 # MLflow's own default store depends on the working directory: name it explicitly.
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_DISABLE_TELEMETRY ?= true
 DEMO_DATA_DIR ?= $(DATA_DIR)
 
-.PHONY: venv test demo lint clean-stores benchmarks
+.PHONY: venv test demo lint docs clean-stores benchmarks
 
 venv: $(STAMP)
 
@@ -24,11 +24,16 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	scripts/unchanged_tree.sh $(BIN)/python -m pytest -q -ra --durations=10 -p no:cacheprovider
 
+# The docs site (mkdocs.yml, docs/) into site/ (git-ignored); --strict: any warning (a broken link or anchor, a page
+# missing from the nav, a method without its section) fails the build. `make test` runs the same build (tests/test_docs.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 lint: $(STAMP)
 	$(BIN)/ruff check prune_tracker entrypoints tests benchmarks
 
 demo: $(STAMP)
-	DATA_DIR="$(DEMO_DATA_DIR)" $(BIN)/python -m prune_tracker.demo
+	DATA_DIR="$(DEMO_DATA_DIR)" $(BIN)/python -m prune_tracker.studies.demo
 
 clean-stores:
 	rm -rf mlflow.db mlruns mlartifacts

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from prune_tracker.core.data import BatchLoader, load_splits
+from prune_tracker.core.data import TRAINING, BatchLoader, load_splits
 from prune_tracker.core.models import build_model
 from prune_tracker.core.training import TrainConfig, Trainer, resolve_device
 
@@ -37,8 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     splits = load_splits("cifar10" if args.data_dir else "synthetic", args.data_dir, val_size=0)
-    loader = BatchLoader(splits.train, args.batch_size, splits.mean, splits.std, shuffle=True, augment=True,
-                         device=device)
+    loader = BatchLoader(splits.train, args.batch_size, splits.mean, splits.std, order=TRAINING, device=device)
     batches = iter(loader)
     load_s = median_seconds(lambda: next(batches), args.repeats)
     trainer = Trainer(build_model("resnet20"), splits, TrainConfig(epochs=1, batch_size=args.batch_size),

@@ -84,7 +84,7 @@ def one_seed(args: argparse.Namespace, seed: int, factors: list[float]) -> list[
                                         base_run_id=base, sized=sized)
         p, d = tracking.run_metrics(pruned), tracking.run_metrics(dense)
         rows.append({"seed": seed, "factor": factor, "target": target, "pruned_run": pruned, "dense_run": dense,
-                     "pruned_bytes": p[args.target_metric], "ratio": p.get("ratio"),
+                     "pruned_bytes": p[args.target_metric], "ratio": p.get("searched_ratio"),
                      "pruned_acc": p["test_accuracy"], "dense_arch": sized.arch, "width": sized.width,
                      "dense_bytes": d[args.target_metric], "dense_acc": d["test_accuracy"],
                      "pruned_seconds": pruned_seconds, "dense_seconds": time.perf_counter() - started})

@@ -29,7 +29,7 @@ from pg_server import team_server  # noqa: E402,F401  (PostgreSQL + basic-auth t
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny, fast, learnable training recipe on synthetic data, shared by the end-to-end tests.
-SYNTHETIC_DATA = {"dataset": "synthetic", "train_subset": "1000", "val_size": "200", "seed": "0"}
+SYNTHETIC_DATA = {"dataset": "synthetic", "train_subset": "1000", "val_size": "200", "split_seed": "0"}
 QUICK_TRAIN = {**SYNTHETIC_DATA, "arch": "resnet20", "epochs": "3", "batch_size": "64", "lr": "0.1",
                "ema_decay": "0.9", "device": "cpu"}
 

@@ -28,16 +28,16 @@ from torch import nn
 
 from prune_tracker import tracking
 from prune_tracker.cli import cli
-from prune_tracker.core.data import BatchLoader, load_splits
+from prune_tracker.core.data import BatchLoader, Order, load_splits
 from prune_tracker.core.models import architecture_spec, build_from_spec, build_model
-from prune_tracker.core.pruning import PruneContext, get_method, iterative_prune
+from prune_tracker.core.pruning import PruneContext, RoundPlan, get_method, iterative_prune
 from prune_tracker.core.pruning.channels import n_remove
 from prune_tracker.core.training import evaluate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_thread")]
 EXPERIMENT = "any-cnn"
-SPLIT = {"dataset": "synthetic", "train_subset": "1000", "val_size": "200", "seed": "0"}
-CLI_SPLIT = ["--dataset", "synthetic", "--train-subset", "1000", "--val-size", "200", "--seed", "0"]
+SPLIT = {"dataset": "synthetic", "train_subset": "1000", "val_size": "200", "split_seed": "0"}
+CLI_SPLIT = ["--dataset", "synthetic", "--train-subset", "1000", "--val-size", "200", "--split-seed", "0"]
 QUIET = ["--device", "cpu", "--no-progress", "--experiment-name", EXPERIMENT]
 METHODS = ("global_l1", "lamp", "li_filters")
 
@@ -109,7 +109,7 @@ def plain_training(model: nn.Module, steps: int = 60, lr: float = 0.05) -> nn.Mo
     model.train()
     done = 0
     while done < steps:
-        for x, y in BatchLoader(splits.train, 64, splits.mean, splits.std, shuffle=True, seed=done,
+        for x, y in BatchLoader(splits.train, 64, splits.mean, splits.std, order=Order(shuffle=True, seed=done),
                                 channels_last=False):
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
@@ -222,7 +222,8 @@ def test_random_channels_on_a_foreign_graph():
 def test_rounds_on_a_foreign_graph_land_on_the_one_shot_widths():
     ctx = context()
     one_shot = get_method("li_filters").prune(SmallCNN().eval(), 0.5, ctx).details["layers"]
-    rounds = iterative_prune(get_method("li_filters"), SmallCNN().eval(), 0.5, ctx, 2, 0.0, {}).details["layers"]
+    rounds = iterative_prune(get_method("li_filters"), SmallCNN().eval(), 0.5, ctx, RoundPlan(2, 0.0), {}).details[
+        "layers"]
     assert {n: r["channels_after"] for n, r in rounds.items()} == {n: r["channels_after"] for n, r in one_shot.items()}
 
 

@@ -112,10 +112,10 @@ def test_each_hint_names_something_the_command_accepts(tmp_path, trained_uri):
         refused = CliRunner().invoke(cli, args)
         assert_one_line_error(refused, "pass arch=<name>")
         assert invoke(*args, "--arch", "resnet20").exit_code == 0
-    split = ["prune", "--model-uri", trained_uri, "--method", "global_l1", "--seed", "7", "--device", "cpu",
+    split = ["prune", "--model-uri", trained_uri, "--method", "global_l1", "--split-seed", "7", "--device", "cpu",
              "--no-progress", *NO_PRECISIONS, "--experiment-name", "hints"]
     refused = CliRunner().invoke(cli, split)
-    assert_one_line_error(refused, "seed=7 differs from the parent run's seed=0")
+    assert_one_line_error(refused, "split_seed=7 differs from the parent run's split_seed=0")
     assert "pass new_split=true" in refused.output
     assert invoke(*split, "--new-split", "true").exit_code == 0
 

@@ -26,6 +26,7 @@ from torch import nn  # noqa: E402
 
 from prune_tracker.analysis import compare  # noqa: E402
 from prune_tracker.core import frontier  # noqa: E402
+from prune_tracker.core.budget import parse_budget  # noqa: E402
 from prune_tracker.core.footprint import FORMATS, StorageFormat  # noqa: E402
 from prune_tracker.core.footprint.formats import FP32  # noqa: E402
 from prune_tracker.core.frontier import RunPoint  # noqa: E402
@@ -225,11 +226,14 @@ def test_budget_parsing_uses_footprint_units() -> None:
     expected = {"1.5MB": 1_500_000, "300 KiB": 307_200, "2MiB": 2_097_152, "1GB": 1_000_000_000, "512": 512,
                 "2KiB": 2048}  # fmt: skip
     for text, value in expected.items():
-        assert frontier.parse_budget(text) == value
-    assert frontier.parse_budget(1234) == 1234.0
-    assert frontier.parse_budget(None) is None
+        assert parse_budget(text) == value
+    assert parse_budget(1234) == 1234
+    assert parse_budget(None) is None and parse_budget("") is None
     with pytest.raises(ValueError, match="'a lot'"):
-        frontier.parse_budget("a lot")
+        parse_budget("a lot")
+    assert parse_budget("1/8", 8000) == 1000  # a fraction of the base where there is one
+    with pytest.raises(ValueError, match="budget='1/8' is a fraction of a base model's dense fp32 weights"):
+        parse_budget("1/8")
 
 
 def test_one_dataset_check() -> None:
@@ -249,7 +253,7 @@ def test_table_csv_json_and_figure() -> None:
     text = compare.format_table(pts, "footprint_best_bytes", front)
     lines = text.splitlines()
     assert lines[0].split() == ["method", "ratio", "precision", "val_accuracy", "test_accuracy",
-                                "footprint_best_bytes", "compression", "run", "id"]  # fmt: skip
+                                "footprint_best_bytes", "x", "smaller", "(vs", "fp32)", "run", "id"]  # fmt: skip
     assert [line[0] for line in lines[2:]] == ["*", "*", "*"]  # all three are on the front
     assert table_line(text, "b") == ["random", "0.5", "fp16", "0.8000", "0.7900", "500", "B", "-", "b"]
     assert table_line(text, "t") == ["none", "0.5", "fp16", "0.9100", "-", "4", "KB", "-", "t"]  # no test metric
@@ -267,8 +271,9 @@ def test_table_csv_json_and_figure() -> None:
 def test_table_ranked_by_test_accuracy_has_no_second_test_column() -> None:
     pts = [point("a", 1000, 0.9, "l1", test_accuracy=0.7)]
     text = compare.format_table(pts, "footprint_best_bytes", metric="test_accuracy")
-    assert text.splitlines()[0].split() == ["method", "ratio", "precision", "test_accuracy",
-                                            "footprint_best_bytes", "compression", "run", "id"]  # fmt: skip
+    assert text.splitlines()[0].split() == [
+        "method", "ratio", "precision", "test_accuracy", "footprint_best_bytes", "x", "smaller", "(vs", "fp32)", "run",
+        "id"]  # fmt: skip
     assert table_line(text, "a") == ["l1", "0.5", "fp16", "0.9000", "1", "KB", "-", "a"]
     assert "test_accuracy" not in compare.table_rows(pts, "footprint_best_bytes", metric="test_accuracy")[0]
 
@@ -290,8 +295,9 @@ def test_query_runs_reports_missing_and_roots(local_lab: tuple[MlflowClient, dic
     assert set(by_id) == {ids[k] for k in ("train", "l1_50", "l1_90", "random_50", "ft_90")}
     assert missing == [(ids["no_fp"], "missing metric footprint_best_bytes")]
     assert by_id[ids["ft_90"]].root_run_id == ids["train"]  # finetune -> prune -> train
-    assert by_id[ids["ft_90"]].compression == pytest.approx(10.0)
-    assert by_id[ids["train"]].compression == pytest.approx(1.0)
+    # x smaller against the root's dense fp32 weights (4x its best bytes in this store): one meaning everywhere
+    assert by_id[ids["ft_90"]].compression == pytest.approx(40.0)
+    assert by_id[ids["train"]].compression == pytest.approx(4.0)
     assert by_id[ids["l1_50"]].ratio == 0.5 and by_id[ids["l1_50"]].method == "l1"
     assert by_id[ids["l1_50"]].accuracy == 0.90  # val_accuracy: the default ranking metric
     front = frontier.pareto_front(points)
@@ -303,7 +309,7 @@ def test_query_runs_filters_and_pages(local_lab: tuple[MlflowClient, dict[str, s
     query = RunQuery(["lab"], method="l1", stage="prune", filter_string="metrics.test_accuracy > 0.85")
     points, _ = query_runs(query)
     assert [p.run_id for p in points] == [ids["l1_50"]]  # test accuracies: l1_50 0.89, l1_90 0.79
-    assert points[0].root_footprint == 8000  # parent fetched although filtered out of the candidates
+    assert points[0].root_footprint == 4 * 8000  # dense fp32 weights of the parent, fetched although filtered out
     monkeypatch.setattr(queries, "PAGE_SIZE", 2)
     paged, missing = query_runs(RunQuery(["lab"], metric="test_accuracy"))
     assert len(missing) == 1

@@ -10,6 +10,7 @@ from prune_tracker.core.data import (
     BatchLoader,
     DataError,
     ImageSet,
+    Order,
     load_splits,
     resolve_val_size,
     split_train_val,
@@ -142,7 +143,7 @@ def _window_of(augmented: torch.Tensor, source: torch.Tensor) -> tuple[int, int,
 
 def test_augmentation_crops_and_flips_within_padding():
     images = synthetic_images(64, 4, seed=0)
-    loader = BatchLoader(images, 64, (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255), augment=True, seed=1,
+    loader = BatchLoader(images, 64, (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255), order=Order(augment=True, seed=1),
                          channels_last=False)
     batch, labels = next(iter(loader))
     assert batch.shape == (64, 3, 32, 32) and torch.equal(labels, images.labels)
@@ -165,7 +166,7 @@ def test_augmentation_follows_the_seed():
     images = synthetic_images(64, 4, seed=0)
 
     def first_batch(seed: int) -> torch.Tensor:
-        return next(iter(BatchLoader(images, 64, (0,) * 3, (1,) * 3, augment=True, seed=seed)))[0]
+        return next(iter(BatchLoader(images, 64, (0,) * 3, (1,) * 3, order=Order(augment=True, seed=seed))))[0]
 
     assert torch.equal(first_batch(1), first_batch(1)) and not torch.equal(first_batch(1), first_batch(2))
 
@@ -174,7 +175,8 @@ def test_loader_shuffles_deterministically_and_covers_everything():
     ids = ImageSet(synthetic_images(100, 10, seed=0).images, torch.arange(100))  # label = image index
 
     def order(seed: int) -> list[int]:
-        loader = BatchLoader(ids, 32, (0,) * 3, (1 / 255,) * 3, shuffle=True, seed=seed, channels_last=False)
+        loader = BatchLoader(ids, 32, (0,) * 3, (1 / 255,) * 3, order=Order(shuffle=True, seed=seed),
+                             channels_last=False)
         batches = list(loader)
         for x, y in batches:
             assert torch.equal(x, ids.images[y].float())  # images travel with their labels

@@ -104,3 +104,45 @@ def test_a_studys_recipe_defaults_equal_the_prune_cli_defaults():
     for name in RECIPE_OPTIONS:
         assert name in prune, f"{name} is not a prune option"
         assert same(prune[name], values[name]), f"{name}: prune {prune[name]!r} != study recipe {values[name]!r}"
+
+
+def _spec_values(spec) -> dict[str, object]:
+    """A job spec's values by option name: its own fields, and those of its data, run, train and recovery parts."""
+    from dataclasses import asdict, is_dataclass
+
+    values: dict[str, object] = {}
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        if is_dataclass(value):
+            values |= asdict(value)
+        else:
+            values[f.name] = value
+    values["precisions"] = ",".join(values["precisions"])
+    return values
+
+
+@pytest.mark.parametrize("command,build", [
+    ("train", lambda specs: specs.TrainSpec()),
+    ("prune", lambda specs: specs.PruneSpec("runs:/x/model")),
+    ("finetune", lambda specs: specs.FinetuneSpec("runs:/x/model")),
+    ("evaluate", lambda specs: specs.EvaluateSpec("runs:/x/model")),
+])
+def test_job_spec_defaults_equal_the_cli_defaults(command, build):
+    """A spec built with only what is required runs the job exactly as the command does with its defaults (the
+    benchmarks and studies build specs; users type commands)."""
+    from prune_tracker.jobs import specs
+
+    defaults, values = click_defaults(command), _spec_values(build(specs))
+    checked = [name for name in values if name in defaults and name not in ("input_shape", "arch", "model_uri")]
+    assert {"seed", "split_seed", "precisions", "device", "experiment_name"} & set(checked)
+    for name in checked:
+        spec_value = values[name]
+        if command in ("prune", "finetune") and name == "epochs":
+            continue  # prune's budget is finetune_epochs; finetune's epochs is the TrainConfig's (checked below)
+        if command == "finetune" and name == "finetune_schedule":  # '' on the command line: --schedule's
+            assert spec_value == defaults["schedule"]
+            continue
+        assert same(defaults[name], spec_value) or (defaults[name] in ("", None) and spec_value in ("", None)), (
+            f"{command}.{name}: CLI {defaults[name]!r} != spec {spec_value!r}")
+    if command == "finetune":
+        assert same(defaults["epochs"], values["epochs"])

@@ -161,6 +161,26 @@ def test_prune_entry_point_every_method(prune_runs, base_run, method):
         assert accuracy == pytest.approx(metrics["test_accuracy_int8"], abs=1e-3)
 
 
+def test_evaluate_quantised_variants_of_a_pruned_run_on_the_inherited_split(prune_runs):
+    """The README's command: `evaluate` of a pruned run's model_int8 / model_int4 with only dataset=synthetic given:
+    the split (train_subset, val_size, split_seed) comes from the lineage, as numbers, and the accuracy is the one
+    the prune run logged for that precision."""
+    pruned = prune_runs["global_l1"]
+    proc = mlflow_run("evaluate", {"model_uri": f"runs:/{pruned.info.run_id}/model_int8", "dataset": "synthetic",
+                                   "device": "cpu", "precisions": ""})
+    assert_ok(proc)
+    run = last_run()
+    assert run.info.status == "FINISHED" and run.data.tags["split_seed"] == "0"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(pruned.data.metrics["test_accuracy_int8"], abs=1e-6)
+    result = CliRunner().invoke(cli, ["evaluate", "--model-uri", f"runs:/{pruned.info.run_id}/model_int4",
+                                      "--dataset", "synthetic", "--device", "cpu", "--precisions", "",
+                                      "--no-progress", "--experiment-name", EXPERIMENT], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    int4 = last_run()
+    assert int4.data.metrics["test_accuracy"] == pytest.approx(pruned.data.metrics["test_accuracy_int4"], abs=1e-6)
+    assert int4.data.params["val_size"] == "200" and int4.data.params["train_subset"] == "1000"
+
+
 def test_prune_with_distillation_rewind_and_rounds(base_run):
     params = {**SYNTHETIC_DATA, "model_uri": f"runs:/{base_run.info.run_id}/model", "method": "lamp", "ratio": "0.6",
               "finetune_epochs": "0.3", "device": "cpu", "batch_size": "64", "precisions": "",

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from prune_tracker import jobs, tracking
 from prune_tracker.core import flows
+from prune_tracker.core.budget import parse_budget
 from prune_tracker.core.footprint import measure_footprint
 from prune_tracker.core.models import build_model
 from prune_tracker.core.pruning import PruneContext, get_method
@@ -22,7 +23,6 @@ from prune_tracker.jobs import DataSpec, RunSpec, TrainSpec
 from prune_tracker.jobs.lineage import LINEAGE_PARAMS
 from prune_tracker.jobs.runs import start_run
 from prune_tracker.studies import pipeline
-from prune_tracker.studies.pipeline import resolve_budget
 from prune_tracker.tracking import identity
 
 PARENT = {"dataset": "synthetic", "train_subset": "1000", "val_size": "200", "split_seed": "3", "seed": "5",
@@ -200,15 +200,16 @@ def test_source_hash_follows_the_package_sources(tmp_path):
     assert identity.source_hash(tmp_path) != first
 
 
-@pytest.mark.parametrize("budget,expected", [("1/8", "125"), ("200KB", "200KB"), ("", None), (None, None)])
+@pytest.mark.parametrize("budget,expected", [("1/8", 125), ("200KB", 200_000), ("", None), (None, None),
+                                             (" 1 / 4 ", 250), ("100 KiB", 102_400)])
 def test_budget_fraction_of_the_base(budget, expected):
-    assert resolve_budget(budget, 1000.0) == expected
+    assert parse_budget(budget, 1000.0) == expected
 
 
 @pytest.mark.parametrize("budget", ["1/0", "3/2", "a/b"])
 def test_bad_budget_fraction(budget):
     with pytest.raises(ValueError, match="budget="):
-        resolve_budget(budget, 1000.0)
+        parse_budget(budget, 1000.0)
 
 
 def test_the_split_is_inherited_through_runs_that_logged_it_empty():

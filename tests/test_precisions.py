@@ -142,7 +142,7 @@ def test_mixed_precision_front_and_answers(lab: tuple[MlflowClient, dict[str, st
     by_key = {p.key: p for p in result.candidates}
     p_int8, t_fp16, o = by_key[(ids["P"], "int8")], by_key[(ids["T"], "fp16")], by_key[(ids["O"], "fp16")]
     assert (p_int8.accuracy, p_int8.footprint, p_int8.test_accuracy) == (0.89, 2200.0, 0.885)
-    assert p_int8.compression == pytest.approx(8000 / 2200)  # against the unpruned fp16 root
+    assert p_int8.compression == pytest.approx(4 * 8000 / 2200)  # against the root's dense fp32 weights
     assert (t_fp16.accuracy, t_fp16.test_accuracy) == (0.919, 0.915)  # val_accuracy_fp16, not fp32's 0.92
     assert (o.accuracy, o.test_accuracy, o.footprint) == (0.86, 0.85, 800.0)  # old run: val/test_accuracy
     assert keys([result.best_under_budget], ids) == [("P", "int8")]  # .89 beats O .86, P w8a8 .88 within 3000
@@ -350,7 +350,7 @@ def test_report_marks_precisions(tmp_path: Path) -> None:
     # (dominated by b fp16) | 4300 .915 t int8 | 8000 .92 t fp16
     assert [p.key for p in front] == [("c", "int4"), ("c", "fp16"), ("b", "int8"), ("a", "int8"), ("b", "fp16"),
                                       ("t", "int8"), ("t", "fp16")]  # fmt: skip
-    text = report.build_report(points, front, {}, tmp_path).read_text()
+    text = report.build_report(report.ReportView(points, front), tmp_path).read_text()
     assert text.count('<tr class="front">') == 7
     assert text.count('src="data:image/png;base64,') == 1 + 3  # one front; ratio curves for fp16, int8, int4
     section = text[text.index("<h2>Sparsity x precision</h2>"):]

@@ -378,7 +378,7 @@ def test_bad_options(ctx: PruneContext) -> None:
 
 # --- iterative pruning (pruning/iterative.py) ---
 
-from prune_tracker.core.pruning import PruningMethod, iterative_prune  # noqa: E402
+from prune_tracker.core.pruning import PruningMethod, RoundPlan, iterative_prune  # noqa: E402
 from prune_tracker.core.pruning.common import LAYER_OPTIONS, n_weights, target_layers, unstructured_result  # noqa: E402
 from prune_tracker.core.pruning.iterative import channel_round_ratio, one_step_ratio, round_targets  # noqa: E402
 from prune_tracker.core.pruning.masks import apply_masks, global_masks  # noqa: E402
@@ -414,8 +414,8 @@ def test_iterative_unstructured_reaches_target_and_keeps_masks(method, ctx: Prun
     model, ratio, rounds = _resnet20(), 0.7, 3
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     zeros_seen, records = [], []
-    result = iterative_prune(method, model, ratio, _shaking_ctx(ctx, zeros_seen), rounds, 0.5, {},
-                             on_round=lambda k, rec: records.append((k, rec)))
+    result = iterative_prune(method, model, ratio, _shaking_ctx(ctx, zeros_seen),
+                             RoundPlan(rounds, 0.5, on_round=lambda k, rec: records.append((k, rec))), {})
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())  # caller's model intact
     layers = prunable_layers(result.model)
     total = sum(m.weight.numel() for _, m in layers)
@@ -434,8 +434,8 @@ def test_iterative_unstructured_reaches_target_and_keeps_masks(method, ctx: Prun
 
 def test_han_is_iterative_layer_magnitude(ctx: PruneContext) -> None:
     han = get_method("han").prune(_resnet20(), 0.8, ctx, rounds=3, round_epochs=0.5)
-    as_rounds = iterative_prune(get_method("layer_l1"), _resnet20(), 0.8, ctx, 3, 0.5, finetune_last=False)
-    han_rounds = iterative_prune(get_method("han"), _resnet20(), 0.8, ctx, 3, 0.5, finetune_last=False)
+    as_rounds = iterative_prune(get_method("layer_l1"), _resnet20(), 0.8, ctx, RoundPlan(3, 0.5, finetune_last=False))
+    han_rounds = iterative_prune(get_method("han"), _resnet20(), 0.8, ctx, RoundPlan(3, 0.5, finetune_last=False))
     assert han.finetuned_epochs == as_rounds.finetuned_epochs == han_rounds.finetuned_epochs == 1.0
     masks = _masked_zero_positions(han.model)
     for other in (as_rounds, han_rounds):
@@ -446,8 +446,8 @@ def test_han_is_iterative_layer_magnitude(ctx: PruneContext) -> None:
 def test_iterative_structured_matches_one_shot_channels(ctx: PruneContext) -> None:
     name, model, ratio, rounds = "li_filters", _resnet20(), 0.6, 3
     records = []
-    result = iterative_prune(get_method(name), model, ratio, ctx, rounds, 0.0,
-                             on_round=lambda k, rec: records.append(rec["round_sparsity"]))
+    result = iterative_prune(get_method(name), model, ratio, ctx,
+                             RoundPlan(rounds, 0.0, on_round=lambda k, rec: records.append(rec["round_sparsity"])))
     one_shot = get_method(name).prune(model, ratio, ctx)
     assert channels_per_layer(result.model) == channels_per_layer(one_shot.model)
     assert len(records) == rounds and records == sorted(records) and records[0] > 0
@@ -480,7 +480,7 @@ def test_iterative_channel_ratios_end_on_the_one_shot_widths() -> None:
 
 def test_iterative_hybrid_reaches_the_param_reduction(ctx: PruneContext) -> None:
     model = _resnet20()
-    result = iterative_prune(get_method("hybrid"), model, 0.7, ctx, 2, 0.5)
+    result = iterative_prune(get_method("hybrid"), model, 0.7, ctx, RoundPlan(2, 0.5))
     one_shot = get_method("hybrid").prune(model, 0.7, ctx)
     total = sum(p.numel() for p in model.parameters())
     assert abs(result.details["param_reduction"] - one_shot.details["param_reduction"]) * total <= 1
@@ -489,6 +489,6 @@ def test_iterative_hybrid_reaches_the_param_reduction(ctx: PruneContext) -> None
 
 def test_iterative_bad_arguments(ctx: PruneContext) -> None:
     with pytest.raises(ValueError, match="rounds must be an integer >= 1"):
-        iterative_prune(get_method("lamp"), _resnet20(), 0.5, ctx, 0, 1.0)
+        iterative_prune(get_method("lamp"), _resnet20(), 0.5, ctx, RoundPlan(0, 1.0))
     with pytest.raises(ValueError, match="unknown option"):
-        iterative_prune(get_method("lamp"), _resnet20(), 0.5, ctx, 2, 1.0, {"bogus": 1})
+        iterative_prune(get_method("lamp"), _resnet20(), 0.5, ctx, RoundPlan(2, 1.0), {"bogus": 1})

@@ -34,7 +34,7 @@ from prune_tracker.tracking import gc, owner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-RESUME_DATA = ["--dataset", "synthetic", "--train-subset", "2000", "--val-size", "100", "--seed", "0"]
+RESUME_DATA = ["--dataset", "synthetic", "--train-subset", "2000", "--val-size", "100", "--split-seed", "0"]
 SWEEP_DATA = ["--dataset", "synthetic", "--train-subset", "300", "--val-size", "50", "--device", "cpu", "--no-progress",
               "--precisions", ""]
 RESUME_TRAIN = ["train", "--arch", "resnet20", *RESUME_DATA, "--epochs", "3", "--batch-size", "64", "--lr", "0.1",

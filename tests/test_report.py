@@ -123,16 +123,10 @@ def sample_details(points: list[RunPoint]) -> dict[str, dict]:
 def write_sample(out_dir: Path) -> Path:
     points = sample_points()
     front = grouped_front(points)
-    return report.build_report(
-        points,
-        front,
-        sample_details(front),
-        out_dir,
-        title="Pruning report: sample lab",
-        budget_bytes=300_000,
-        min_accuracy=0.9,
-        missing=[("f" * 32, "missing metric footprint_best_bytes")],
-    )
+    view = report.ReportView(points, front, sample_details(front), title="Pruning report: sample lab",
+                             budget_bytes=300_000, min_accuracy=0.9,
+                             missing=[("f" * 32, "missing metric footprint_best_bytes")])
+    return report.build_report(view, out_dir)
 
 
 def test_build_report_is_self_contained(tmp_path: Path) -> None:
@@ -182,7 +176,7 @@ def test_breakdown_bars_follow_the_format_registry() -> None:
 
 
 def test_build_report_without_runs_or_details(tmp_path: Path) -> None:
-    text = report.build_report([], [], {}, tmp_path, budget_bytes=1.0).read_text()
+    text = report.build_report(report.ReportView([], [], budget_bytes=1.0), tmp_path).read_text()
     assert "no run fits" in text and "No runs." in text
 
 

@@ -240,6 +240,30 @@ def seeded_lab(tmp_path_factory):
     mlflow.set_tracking_uri(previous)
 
 
+def test_n_counts_distinct_seeds_and_reruns_collapse_first(seeded_lab):
+    """Two runs of seed 0 and one of seed 1 are two samples, not three: the seed-0 reruns become their mean, then
+    mean and std are over seeds (n=2), and the point says one run was a rerun."""
+    client, _ids, _accuracy = seeded_lab
+    exp = client.create_experiment("reruns")
+    common = {"dataset": "cifar10", "arch": "resnet20"}
+    bases = [_log(client, exp, {"stage": "train", "method": "none", "seed": str(seed), **common},
+                  {**common, "epochs": "3", "lr": "0.1", "seed": seed, "split_seed": 0},
+                  {"val_accuracy": 0.9, **_sizes(1000)}) for seed in (0, 1)]
+    pruned = []
+    for base, seed, accuracy in ((bases[0], 0, 0.60), (bases[0], 0, 0.70), (bases[1], 1, 0.80)):
+        pruned.append(_log(client, exp, {"stage": "prune", "method": "lamp", "parent_run_id": base, "seed": str(seed),
+                                         **common},
+                           {**common, "method": "lamp", "ratio": 0.6, "seed": seed, "split_seed": "",
+                            "model_uri": f"runs:/{base}/model"},
+                           {"val_accuracy": accuracy, **_sizes(300)}))
+    result = compare.run_compare(["reruns"], aggregate="seed", precisions="fp16", stage="prune", log_run=False)
+    (point,) = result.candidates
+    assert (point.n, point.reruns) == (2, 1) and sorted(point.members) == sorted(pruned)
+    assert point.accuracy == pytest.approx((0.65 + 0.80) / 2)  # not (0.60 + 0.70 + 0.80) / 3
+    assert point.accuracy_std == pytest.approx(math.sqrt(2 * 0.075 ** 2))  # stdev of 0.65 and 0.80
+    assert "(n=2, 1 rerun)" in result.table
+
+
 def _by_member(points, run_id):
     return next(p for p in points if run_id in (p.members or (p.run_id,)))
 
@@ -262,7 +286,7 @@ def test_aggregation_means_stds_and_n_by_hand(seeded_lab):
     assert base.n == 3 and base.accuracy == pytest.approx(0.91) and base.accuracy_std == pytest.approx(0.01)
     dense = _by_member(result.candidates, ids["dense"][0])
     assert dense.is_baseline and dense.n == 3 and dense.accuracy == pytest.approx(0.77)
-    assert dense.compression == pytest.approx(1000 / 290)  # against the base it stands in for
+    assert dense.compression == pytest.approx(2000 / 290)  # against the dense fp32 weights of the base it stands for
     assert dense.budget_epochs == pytest.approx(4.5)
     other = _by_member(result.candidates, ids["other_prune"][0])  # another parent recipe (lr 0.2): alone
     assert other.n == 1 and other.accuracy_std is None and other.members == (ids["other_prune"][0],)

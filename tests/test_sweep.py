@@ -259,7 +259,8 @@ def test_local_sweep_three_finished_one_failed_then_reuse(base_uri):
     check_three_finished_one_failed(result, "sweep-local")
     finished = {t.run_id for t in result.finished}
     trial_run = MlflowClient().get_run(result.trials[0].run_id)
-    assert trial_run.data.params["finetune_tta_flip"] == "False" and trial_run.data.params["finetune_seed"] == "0"
+    params = trial_run.data.params
+    assert params["finetune_tta_flip"] == "False" and params["seed"] == trial_run.data.tags["seed"] == "0"
     assert trial_run.data.tags["parent_run_id"] == base_uri.split("/")[1], "lineage: the base model's run"
     summary = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="sweep.json"))
                          .read_text())

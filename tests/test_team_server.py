@@ -46,7 +46,7 @@ from prune_tracker.core.models import build_model
 from prune_tracker.tracking import server as team
 
 SEARCH = "/api/2.0/mlflow/experiments/search"
-TINY_PRUNE = {"dataset": "synthetic", "train_subset": "200", "val_size": "50", "seed": "0", "method": "global_l1",
+TINY_PRUNE = {"dataset": "synthetic", "train_subset": "200", "val_size": "50", "split_seed": "0", "method": "global_l1",
               "ratio": "0.5", "device": "cpu", "batch_size": "50", "arch": "resnet20"}
 
 

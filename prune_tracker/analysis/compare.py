@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from prune_tracker import tracking
+from prune_tracker.core.budget import check_budget, parse_budget
 from prune_tracker.core.footprint import human_bytes
 from prune_tracker.core.frontier import (
     BASELINE_TAG,
@@ -41,7 +42,6 @@ from prune_tracker.core.frontier import (
     fmt_ratio,
     front_key,
     pareto_front,
-    parse_budget,
     parse_precisions,
     precision_footprint,
     precision_rank,
@@ -96,7 +96,8 @@ def select(experiment_names: Sequence[str], options: CompareOptions) -> Selectio
     a tuple (or None)."""
     scope: dict[str, Any] = dict(options)
     aggregate = validate_aggregate(scope.pop("aggregate", None))
-    budget_bytes = parse_budget(scope.pop("budget", None))
+    budget = scope.pop("budget", None)
+    check_budget(budget)
     min_accuracy = scope.pop("min_accuracy", None)
     scope["precisions"] = parse_precisions(scope.get("precisions"))
     if "footprint" in scope:
@@ -105,7 +106,18 @@ def select(experiment_names: Sequence[str], options: CompareOptions) -> Selectio
     points, missing = query_runs(query)
     if aggregate == "seed":
         points = aggregate_points(points)
-    return Selection(query, points, missing, budget_bytes, min_accuracy, aggregate)
+    return Selection(query, points, missing, parse_budget(budget, _single_base(points)), min_accuracy, aggregate)
+
+
+def _single_base(points: Sequence[RunPoint]) -> float | None:
+    """What a fraction budget (`1/8`) is a fraction of: the dense fp32 reference (`core.frontier.dense_reference`:
+    the dense fp32 weights for a weight footprint) of the one unpruned root every point descends from; None when
+    the points have several roots or an unknown one."""
+    references = {(p.root_run_id, p.root_footprint) for p in points}
+    if len(references) != 1:
+        return None
+    (root, reference), = references
+    return reference if root is not None else None
 
 
 @dataclass

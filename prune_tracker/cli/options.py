@@ -47,15 +47,19 @@ class FiniteFloat(click.ParamType):
 
 
 class Bytes(click.ParamType):
+    """A byte budget (`core.budget`): bytes with a unit, or a fraction of the base (kept as text: the job resolves
+    it against its base model); empty or 0 = none."""
+
     name = "bytes"
 
-    def convert(self, value: Any, param, ctx) -> int | None:
+    def convert(self, value: Any, param, ctx) -> int | str | None:
         if value in (None, "", "0", 0):
             return None
-        from prune_tracker.core.footprint import parse_bytes
+        from prune_tracker.core.budget import check_budget, fraction, parse_budget
 
         try:
-            return parse_bytes(str(value))
+            check_budget(str(value), param.name if param else "budget")
+            return str(value) if fraction(str(value)) is not None else parse_budget(str(value))
         except ValueError as err:
             self.fail(str(err), param, ctx)
 

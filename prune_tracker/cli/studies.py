@@ -53,25 +53,24 @@ from prune_tracker.cli.options import (
 @data_options(train_subset_default=0, val_size_default=2000)
 @trust_pickle_option
 @handle_errors
-def main_pipeline(arch: str, methods: str, ratios: str, finetune_epochs: float, finetune_lr: float,
-                  footprint: str, budget: str, register: bool, registered_name: str, seeds: list[int],
-                  baselines: bool, **kw: Any) -> None:
+def main_pipeline(**kw: Any) -> None:
     """The whole study: train, prune with each method at each ratio, fine-tune, (dense-small baselines,) evaluate,
     compare, register, report — each step a nested run, once per seed; finished steps are reused on a rerun."""
     from prune_tracker.studies.pipeline import PipelineConfig, run_pipeline
 
+    study = {name: kw.pop(name) for name in ("arch", "finetune_epochs", "finetune_lr", "footprint", "register",
+                                             "seeds", "baselines")}
+    methods, ratios, budget, registered_name = (kw.pop(k) for k in ("methods", "ratios", "budget", "registered_name"))
     recovery, data, run = recovery_spec(kw), data_spec(kw), run_spec(kw)
     config = train_config(kw)
     try:
         ratio_values = [float(r) for r in split_list(ratios)]
     except ValueError:
         raise ValueError(f"ratios={ratios!r} must be comma-separated numbers in [0, 1)") from None
-    pipeline = PipelineConfig(arch=arch, data=data, train=config, methods=split_list(methods), ratios=ratio_values,
-                              finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, tta_flip=config.tta_flip,
-                              footprint=footprint, budget=budget or None, register=register,
-                              registered_name=registered_name or None, experiment_name=run.experiment_name,
-                              device=run.device, progress=run.progress, precisions=run.precisions,
-                              recovery=recovery, seeds=seeds, baselines=baselines)
+    pipeline = PipelineConfig(**study, data=data, train=config, methods=split_list(methods), ratios=ratio_values,
+                              tta_flip=config.tta_flip, budget=budget or None, registered_name=registered_name or None,
+                              experiment_name=run.experiment_name, device=run.device, progress=run.progress,
+                              precisions=run.precisions, recovery=recovery)
     result = run_pipeline(pipeline)
     click.echo(f"pipeline run {result.run_id} finished: {len(result.steps)} steps ({len(result.reused)} reused)")
     if result.champion_uri:
@@ -120,6 +119,12 @@ def executor_options(fn):
     )(fn)
 
 
+def _executor_options(kw: dict[str, Any]) -> dict[str, Any]:
+    """The executor options (popped), as the study configs name them."""
+    return {"executor": kw.pop("executor"), "ray_address": kw.pop("ray_address") or None,
+            "ray_num_cpus": kw.pop("ray_num_cpus") or None, "cpus_per_trial": kw.pop("cpus_per_trial")}
+
+
 def _prune_base(model_uri: str, kw: dict[str, Any]):
     from prune_tracker.studies.sweep import PruneBase
 
@@ -142,19 +147,19 @@ def _prune_base(model_uri: str, kw: dict[str, Any]):
 @click.pass_context
 @trust_pickle_option
 @handle_errors
-def sweep(ctx: click.Context, model_uri: str, methods: str, ratios: str, target_bytes: str, seeds: str,
-          baselines: bool, executor: str, ray_address: str, ray_num_cpus: int, cpus_per_trial: int,
-          option_pairs: tuple[str, ...], **kw: Any) -> None:
+def sweep(ctx: click.Context, **kw: Any) -> None:
     """Prune one base model with methods x ratios (or target_bytes) x seeds x recipe options (extra `--name a,b`:
     prune's recipe options and method options), each trial a prune run nested under a stage=sweep run; finished
     trials are reused, a failed one is retried once; ends with compare over the trials."""
     from prune_tracker.studies.sweep import SweepConfig, parse_ratios, parse_seed_list, parse_target_bytes, run_sweep
 
-    recipe_axes, option_axes = study_options(list(ctx.args), option_pairs)
-    base, run = _prune_base(model_uri, kw)
-    config = SweepConfig(base, split_list(methods), parse_ratios(ratios), parse_target_bytes(target_bytes),
-                         parse_seed_list(seeds), recipe_axes, option_axes, executor, ray_address or None,
-                         ray_num_cpus or None, cpus_per_trial, run.run_name, baselines=baselines, log=click.echo)
+    recipe_axes, option_axes = study_options(list(ctx.args), kw.pop("option_pairs"))
+    grid = {name: kw.pop(name) for name in ("methods", "ratios", "target_bytes", "seeds", "baselines")}
+    executor = _executor_options(kw)
+    base, run = _prune_base(kw.pop("model_uri"), kw)
+    config = SweepConfig(base, split_list(grid["methods"]), parse_ratios(grid["ratios"]),
+                         parse_target_bytes(grid["target_bytes"]), parse_seed_list(grid["seeds"]), recipe_axes,
+                         option_axes, **executor, run_name=run.run_name, baselines=grid["baselines"], log=click.echo)
     result = run_sweep(config)
     reused = sum(t.reused for t in result.trials)
     click.echo(f"sweep run {result.run_id} finished: {len(result.finished)} trials ({reused} reused)")
@@ -173,19 +178,21 @@ def sweep(ctx: click.Context, model_uri: str, methods: str, ratios: str, target_
 @click.pass_context
 @trust_pickle_option
 @handle_errors
-def search(ctx: click.Context, model_uri: str, budget: str, trials: int, methods: str, footprint: str,
-           sampler_seed: int, registered_name: str, executor: str, ray_address: str, ray_num_cpus: int,
-           cpus_per_trial: int, option_pairs: tuple[str, ...], **kw: Any) -> None:
+def search(ctx: click.Context, **kw: Any) -> None:
     """Optuna search for the most accurate model (validation) within a footprint budget: chooses the method, the
     precision fitted to the budget (hence the ratio) and the recipe options (extra `--name a,b` are choices);
     registers the winner as champion. Each trial is a prune run nested under a stage=search run."""
     from prune_tracker.studies.search import SearchConfig, run_search
 
-    recipe_space, option_space = study_options(list(ctx.args), option_pairs)
-    base, run = _prune_base(model_uri, kw)
-    result = run_search(SearchConfig(base, budget, trials, split_list(methods), recipe_space, option_space,
-                                     footprint, sampler_seed, executor, ray_address or None, ray_num_cpus or None,
-                                     cpus_per_trial, registered_name or None, run.run_name, log=click.echo))
+    recipe_space, option_space = study_options(list(ctx.args), kw.pop("option_pairs"))
+    asked = {name: kw.pop(name) for name in ("budget", "trials", "methods", "footprint", "sampler_seed",
+                                             "registered_name")}
+    executor = _executor_options(kw)
+    base, run = _prune_base(kw.pop("model_uri"), kw)
+    result = run_search(SearchConfig(base, asked["budget"], asked["trials"], split_list(asked["methods"]),
+                                     recipe_space, option_space, asked["footprint"], asked["sampler_seed"],
+                                     **executor, registered_name=asked["registered_name"] or None,
+                                     run_name=run.run_name, log=click.echo))
     test = "-" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
     click.echo(f"champion: {result.champion_uri} (version {result.champion_version}; run {result.champion_run_id}, "
                f"{result.method}, {result.champion_precision}, {result.champion_bytes:.0f} B; val_accuracy "

@@ -317,31 +317,34 @@ def load_splits(
 # ---------------------------------------------------------------- batches
 
 
+@dataclass(frozen=True)
+class Order:
+    """How a loader walks its images: in a random order (`shuffle`), with random crops and flips (`augment`),
+    both drawn from `seed`; `drop_last` drops a last, smaller batch (training). The default: in order, as is."""
+
+    shuffle: bool = False
+    augment: bool = False
+    seed: int = 0
+    drop_last: bool = False
+
+
+TRAINING = Order(shuffle=True, augment=True)
+
+
 class BatchLoader:
-    """Iterates normalised float batches from uint8 tensors held in memory (on `device`).
+    """Iterates normalised float batches from uint8 tensors held in memory (on `device`), in `order`.
 
     Augmentation (random 4-pixel-padded crop + horizontal flip) is done for the whole batch as one
     gather: the flip is folded into the column index, so it costs about as much as the copy itself."""
 
-    def __init__(
-        self,
-        images: ImageSet,
-        batch_size: int,
-        mean,
-        std,
-        *,
-        shuffle: bool = False,
-        augment: bool = False,
-        device: torch.device | str = "cpu",
-        seed: int = 0,
-        channels_last: bool = True,
-        drop_last: bool = False,
-    ):
+    def __init__(self, images: ImageSet, batch_size: int, mean, std, *, order: Order = Order(),
+                 device: torch.device | str = "cpu", channels_last: bool = True):
         self.device = torch.device(device)
         self.images = images.images.to(self.device)
         self.labels = images.labels.to(self.device)
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.channels_last, self.drop_last = channels_last, drop_last
+        self.batch_size, self.shuffle, self.augment = batch_size, order.shuffle, order.augment
+        self.channels_last, self.drop_last = channels_last, order.drop_last
+        seed = order.seed
         self.scale = (torch.tensor(std, device=self.device) * 255).view(1, 3, 1, 1)
         self.shift = (torch.tensor(mean, device=self.device) * 255).view(1, 3, 1, 1)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)

@@ -18,7 +18,7 @@ from torch import nn
 from .data import BatchLoader, DataSplits
 from .footprint import measure_footprint, micronet_score
 from .pruning import PruneContext, PruneResult, make_permanent
-from .pruning.iterative import iterative_prune
+from .pruning.iterative import RoundPlan, iterative_prune
 from .pruning.target import footprint_probe, search_ratio
 from .quant import byte_metrics, int8_activation_bytes, measure_precisions, model_bytes, qat_finetune
 from .quant.weights import BITS
@@ -96,8 +96,8 @@ def prune_in_rounds(method, model: nn.Module, ratio: float, ctx: PruneContext, o
     if rounds <= 1 and not own_rounds:
         return method.prune(model, ratio, ctx, **options)
     round_epochs = round_epochs if round_epochs is not None else options.get("round_epochs", 1.0)
-    return iterative_prune(method, model, ratio, ctx, rounds, round_epochs, options,
-                           on_round=on_round or (lambda k, metrics: None), finetune_last=not own_rounds)
+    return iterative_prune(method, model, ratio, ctx, RoundPlan(rounds, round_epochs, on_round or (lambda k, m: None),
+                                                             finetune_last=not own_rounds), options)
 
 
 @dataclass(frozen=True)

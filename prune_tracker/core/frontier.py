@@ -25,8 +25,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .footprint.units import parse_bytes
-
 TEST_METRIC = "test_accuracy"
 BASELINE_TAG = "baseline"  # tag of a baseline run; DENSE_SMALL: a smaller dense model at the pruned models' budget
 DENSE_SMALL = "dense-small"
@@ -271,15 +269,6 @@ def smallest_above_floor(points: Iterable[RunPoint], min_accuracy: float) -> Run
     return min(fits, key=front_key, default=None)
 
 
-def parse_budget(budget: str | float | None) -> float | None:
-    """``"1.5MB"``, ``"300 KiB"``, ``1e6`` -> bytes (via footprint.parse_bytes for strings)."""
-    if budget is None:
-        return None
-    if isinstance(budget, int | float):
-        return float(budget)
-    return float(parse_bytes(budget))
-
-
 @dataclass(frozen=True)
 class Answers:
     """The two questions a lab asks of its runs; a winner is None when its question was not asked or
@@ -320,12 +309,12 @@ def point_summary(p: RunPoint | None) -> dict[str, Any] | None:
         return None
     summary = asdict(p)
     for name in ("tags", "metrics", "metric_std", "group", "root_group", "n", "accuracy_std", "members",
-                 "budget_epochs"):
+                 "budget_epochs", "seeds", "reruns"):
         del summary[name]
     extra: dict[str, Any] = {}
     if p.members:  # averaged over seeds
-        extra |= {"n": p.n, "accuracy_std": p.accuracy_std, f"{TEST_METRIC}_std": p.test_accuracy_std,
-                  "members": list(p.members)}
+        extra |= {"n": p.n, "reruns": p.reruns, "accuracy_std": p.accuracy_std,
+                  f"{TEST_METRIC}_std": p.test_accuracy_std, "members": list(p.members)}
     if p.budget_epochs is not None:
         extra["budget_epochs"] = p.budget_epochs
     if p.is_baseline:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from .data import BatchLoader, DataSplits, ImageSet
+from .data import TRAINING, BatchLoader, DataSplits, ImageSet
 from .models.width import validate_width
 
 SCHEDULES = ("onecycle", "cosine", "constant")  # what a model can be trained with (a rewinding parent too)
@@ -343,17 +343,8 @@ class Trainer:
         config.validate()
         self.config, self.device, self.splits = config, device, splits
         self.model = model.to(device).to(memory_format=torch.channels_last)
-        self.loader = BatchLoader(
-            splits.train,
-            config.batch_size,
-            splits.mean,
-            splits.std,
-            shuffle=True,
-            augment=True,
-            device=device,
-            seed=config.seed,
-            drop_last=len(splits.train) >= 2 * config.batch_size,
-        )
+        order = replace(TRAINING, seed=config.seed, drop_last=len(splits.train) >= 2 * config.batch_size)
+        self.loader = BatchLoader(splits.train, config.batch_size, splits.mean, splits.std, order=order, device=device)
         self.steps_per_epoch = max(1, len(self.loader))
         self.total_steps = max(1, math.ceil(config.epochs * self.steps_per_epoch))
         self.parent = ParentSchedule.from_config(config, self.steps_per_epoch) if config.schedule == "rewind" else None

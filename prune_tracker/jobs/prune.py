@@ -8,6 +8,7 @@ from dataclasses import asdict, replace
 from torch import nn
 
 from prune_tracker import tracking
+from prune_tracker.core.budget import parse_budget
 from prune_tracker.core.flows import (
     Measurement,
     PrunePlan,
@@ -16,6 +17,7 @@ from prune_tracker.core.flows import (
     ratio_for_target,
     target_measure,
 )
+from prune_tracker.core.footprint import measure_footprint
 from prune_tracker.core.pruning import get_method
 from prune_tracker.core.training import resolve_device, seed_everything
 from prune_tracker.jobs.any_cnn import copy_loaded
@@ -48,16 +50,18 @@ def prune_model(spec: PruneSpec) -> str:
     seed_everything(config.seed)
     ctx = prune_context(splits, config, device, run.progress, config.tta_flip,
                         teacher(spec.recovery, loaded, splits, device), loaded.input_shape)
-    ratio = spec.ratio
-    if spec.target_bytes is not None:
-        ratio = ratio_for_target(model, method, options, ctx, spec.target_bytes, spec.target_metric)
+    ratio, target_bytes = spec.ratio, None
+    if spec.target_bytes is not None:  # bytes, or a fraction of the parent's dense fp32 weights
+        dense = measure_footprint(loaded.model, loaded.input_shape).metrics["footprint_fp32_bytes"]
+        target_bytes = parse_budget(spec.target_bytes, dense, "target_bytes")
+        ratio = ratio_for_target(model, method, options, ctx, target_bytes, spec.target_metric)
     tags = {"method": method.name, "parent_run_id": loaded.source_run_id, "dataset": splits.dataset, "arch": arch,
             "pruning_kind": "structured" if method.structured else "unstructured",
             "source_model_uri": spec.model_uri, "ratio": ratio, **seed_params(found.data, config)}
     with start_run(run, "prune", tags, f"prune {method.name} {ratio:.3g} <- {origin(loaded)}") as active:
         # The param `ratio` is what was asked; with target_bytes the search's result is the metric `searched_ratio`
         # (the tag `ratio` is the ratio applied either way).
-        searched = {"searched_ratio": ratio, "target_bytes": spec.target_bytes} if spec.target_bytes else {}
+        searched = {"searched_ratio": ratio, "target_bytes": target_bytes} if target_bytes else {}
         tracking.log_metrics(searched or {"ratio": spec.ratio})
         tracking.log_params({
             "model_uri": spec.model_uri, "method": method.name, "ratio": spec.ratio, **found.data.logged(),
@@ -79,8 +83,8 @@ def prune_model(spec: PruneSpec) -> str:
         for name, figure in (result.figures or {}).items():
             tracking.log_figure(figure, f"{name}.png")
         pruned = result.model
-        if spec.target_bytes is not None:
-            log_target_met(pruned, spec.target_bytes, spec.target_metric, loaded.input_shape)
+        if target_bytes is not None:
+            log_target_met(pruned, target_bytes, spec.target_metric, loaded.input_shape)
         log_trained_outputs(pruned, measurement, arch, reference=loaded.model,
                             extra_spec={"pruning": {"method": method.name, "ratio": ratio,
                                                     "structured": method.structured},

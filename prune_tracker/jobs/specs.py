@@ -19,9 +19,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
+from ..core.budget import check_budget
 from ..core.data import AUTO, DataSplits, load_splits
 from ..core.flows import TARGET_ALIASES
 from ..core.models import build_model
@@ -128,7 +128,7 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precisions", validate_precisions(self.precisions))
-        object.__setattr__(self, "extra_tags", MappingProxyType(dict(self.extra_tags)))
+        object.__setattr__(self, "extra_tags", dict(self.extra_tags))  # a copy: the caller's dict cannot change it
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ class PruneSpec:
     ratio: float = 0.5
     options: Mapping[str, Any] = field(default_factory=dict)
     finetune_epochs: float = 0.0
-    target_bytes: int | None = None
+    target_bytes: int | str | None = None  # bytes, or a fraction ("1/10") of the parent's dense fp32 weights
     target_metric: str = "footprint_best_bytes"
     qat: str = "none"
     arch: str | None = None
@@ -221,14 +221,14 @@ class PruneSpec:
 
     def __post_init__(self) -> None:
         method = get_method(self.method)
-        object.__setattr__(self, "options", MappingProxyType(method.resolve_options(dict(self.options))))
+        object.__setattr__(self, "options", method.resolve_options(dict(self.options)))  # resolved, a copy
         object.__setattr__(self, "ratio", validate_ratio(self.ratio))
         object.__setattr__(self, "qat", validate_qat(self.qat))
         object.__setattr__(self, "target_metric", TARGET_ALIASES.get(self.target_metric, self.target_metric))
         object.__setattr__(self, "input_shape", parse_input_shape(self.input_shape))
         _check_epochs("finetune_epochs", self.finetune_epochs)
-        if self.target_bytes is not None and self.target_bytes <= 0:
-            raise ValueError(f"target_bytes={self.target_bytes} must be > 0")
+        if self.target_bytes is not None:
+            check_budget(self.target_bytes, "target_bytes")
         replace(self.train, epochs=self.finetune_epochs).validate()
         if (self.recovery.rounds or 1) > 1 and self.options.get("scope") in ("stage", "all"):
             raise ValueError(f"rounds={self.recovery.rounds} with scope={self.options['scope']} is not supported: "

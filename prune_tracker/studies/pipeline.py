@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from prune_tracker import tracking
-from prune_tracker.core.footprint import parse_bytes
+from prune_tracker.core.budget import check_budget, parse_budget
 from prune_tracker.core.frontier import resolve_footprint
 from prune_tracker.core.models import build_model, width_archs
 from prune_tracker.core.pruning import get_method, validate_ratio
@@ -90,7 +90,7 @@ class PipelineConfig:
         if not self.methods or not self.ratios:
             raise ValueError("methods and ratios must each name at least one value")
         self.train.validate()
-        _check_budget(self.budget)
+        check_budget(self.budget)
         if self.baselines and self.arch not in width_archs():
             raise ValueError(f"baselines=true needs an arch that takes a width multiplier ({', '.join(width_archs())})"
                              f"; arch={self.arch!r} does not: set baselines=false or choose one of those")
@@ -107,29 +107,6 @@ class PipelineResult:
 
 class PipelineError(RuntimeError):
     pass
-
-
-def resolve_budget(budget: str | None, base_fp32_bytes: float | None) -> str | None:
-    """A budget in bytes ("200KB") as is; a fraction of the base model's dense fp32 bytes ("1/8") in bytes."""
-    if not budget or "/" not in budget:
-        return budget or None
-    numerator, _, denominator = budget.partition("/")
-    try:
-        fraction = float(numerator) / float(denominator)
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"budget={budget!r} must be bytes (e.g. 200KB) or a fraction of the base (e.g. 1/8)") from None
-    if not 0 < fraction <= 1:
-        raise ValueError(f"budget={budget!r}: a fraction of the base must be in (0, 1]")
-    if base_fp32_bytes is None:
-        raise ValueError(f"budget={budget!r} needs the base run's footprint_fp32_bytes, which it did not log")
-    return str(int(fraction * base_fp32_bytes))
-
-
-def _check_budget(budget: str | None) -> None:
-    if budget and "/" not in budget:
-        parse_bytes(budget)
-    elif budget:
-        resolve_budget(budget, 1.0)
 
 
 class _Steps:
@@ -176,11 +153,11 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
                              "seeds": ",".join(map(str, config.seeds)), "baselines": config.baselines})
         result = PipelineResult(active.info.run_id)
         steps = _Steps(result, active.info.experiment_id, run_options)
-        budget: str | None = None
+        budget: int | None = None
         for seed in seeds:
             base = _seed_study(_with_seed(config, seed), steps, result, f"-seed{seed}" if len(seeds) > 1 else "")
             if seed == seeds[0]:
-                budget = resolve_budget(config.budget, tracking.run_metrics(base).get("footprint_fp32_bytes"))
+                budget = parse_budget(config.budget, tracking.run_metrics(base).get("footprint_fp32_bytes"))
         _compare_register_report(replace(config, budget=budget), steps, result, "seed" if len(seeds) > 1 else None)
         tracking.log_dict({"steps": result.steps, "reused": result.reused, "failed": result.failed,
                            "code": code_identity(), "budget_bytes": budget, "seeds": seeds}, "pipeline.json")

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prune_tracker import tracking
-from prune_tracker.core.footprint import human_bytes, parse_bytes
+from prune_tracker.core.budget import check_budget, fraction, parse_budget
+from prune_tracker.core.footprint import human_bytes
 from prune_tracker.core.frontier import FP16, PRECISIONS, accuracy_metric, precision_footprint, resolve_footprint
-from prune_tracker.studies.pipeline import resolve_budget
 from prune_tracker.studies.sweep import (
     FINISHED,
     PruneBase,
@@ -62,24 +62,20 @@ def import_optuna():
     return optuna
 
 
+def base_fp32_bytes(model_uri: str | None) -> float | None:
+    """The dense fp32 weights (`footprint_fp32_bytes`) of the run a base model URI names; None without one."""
+    run_id = tracking.resolve_run_id(model_uri) if model_uri and not is_local_file(model_uri) else None
+    return tracking.run_metrics(run_id).get("footprint_fp32_bytes") if run_id else None
+
+
 def parse_budget_bytes(budget: str, model_uri: str | None = None) -> int:
-    """`100KB`, `1.5MB`, `120000` (bytes; units B, KB, MB, GB, KiB, MiB, GiB) or a fraction of the base model's dense
-    fp32 bytes (`1/8`, read from the base run's `footprint_fp32_bytes`). ValueError (one line) for anything else."""
+    """`core.budget.parse_budget` with the base model's dense fp32 weights for a fraction (`1/8`); an empty budget
+    is an error here (a search needs one)."""
     text = (budget or "").strip()
     if not text:
         raise ValueError("budget is empty; give a footprint budget such as 100KB, 1.5MB, 120000 or 1/8")
-    if "/" in text:
-        resolve_budget(text, 1.0)  # the fraction's form first, before the base model is looked up
-        run_id = tracking.resolve_run_id(model_uri) if model_uri and not is_local_file(model_uri) else None
-        metrics = tracking.run_metrics(run_id) if run_id else {}
-        return int(resolve_budget(text, metrics.get("footprint_fp32_bytes")))
-    try:
-        value = parse_bytes(text)
-    except ValueError as err:
-        raise ValueError(f"budget={budget!r} is not allowed: {err}") from None
-    if value <= 0:
-        raise ValueError(f"budget={budget!r} must be > 0 bytes")
-    return value
+    check_budget(text)  # the form first, before the base model is looked up
+    return parse_budget(text, base_fp32_bytes(model_uri) if fraction(text) is not None else None)
 
 
 def in_budget(metrics: dict[str, float], footprint: str, budget: float, metric: str = SELECTION_METRIC
@@ -217,7 +213,7 @@ class _Study:
             return
         metrics = tracking.run_metrics(result.run_id)
         best = in_budget(metrics, self.config.footprint, self.budget)
-        row["ratio"] = metrics.get("ratio")
+        row["ratio"] = metrics.get("searched_ratio", metrics.get("ratio"))  # a byte target: the searched ratio
         if best is None:
             self.study.tell(trial, state=state.PRUNED)
             trial_runs.set_run_tags(result.run_id, {"over_budget": "true"})

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from prune_tracker import tracking
-from prune_tracker.core.footprint import parse_bytes
+from prune_tracker.core.budget import check_budget, fraction, parse_budget
 from prune_tracker.core.pruning import get_method, validate_ratio
 from prune_tracker.core.recipes import logged_train_config
 from prune_tracker.core.seeds import parse_seeds
@@ -118,7 +118,7 @@ def expand_grid(methods: Sequence[str], ratios: Sequence[float], target_bytes: S
     if not seeds:
         raise ValueError("seeds is empty; give at least one seed, e.g. 0 or 0,1,2")
     sizes: list[tuple[float | None, int | None]] = (
-        [(None, int(t)) for t in target_bytes] if target_bytes else [(float(r), None) for r in ratios])
+        [(None, t) for t in target_bytes] if target_bytes else [(float(r), None) for r in ratios])
     if not sizes:
         raise ValueError("ratios is empty; give ratios (e.g. 0.5,0.75) or target_bytes (e.g. 100KB,200KB)")
     options = option_axes_for(methods, option_axes or {})
@@ -144,11 +144,13 @@ def parse_ratios(text: str) -> list[float]:
     return ratios
 
 
-def parse_target_bytes(text: str) -> list[int]:
-    """"100KB,200KB" -> [100000, 200000]; "" -> [] (the ratios apply)."""
-    values = [parse_bytes(t) for t in split_values(text) if t not in ("", "0")]
-    if any(v <= 0 for v in values):
-        raise ValueError(f"target_bytes={text!r}: every target must be > 0 bytes")
+def parse_target_bytes(text: str) -> list[int | str]:
+    """"100KB,200KB" -> [100000, 200000]; "1/8" stays a fraction of the base's dense fp32 weights (each trial's prune
+    job resolves it); "" -> [] (the ratios apply). One parser for every budget: `core.budget`."""
+    values: list[int | str] = []
+    for item in (t for t in split_values(text) if t not in ("", "0")):
+        check_budget(item, "target_bytes")
+        values.append(item if fraction(item) is not None else parse_budget(item, name="target_bytes"))
     return values
 
 
@@ -246,7 +248,7 @@ class SweepConfig:
     base: PruneBase
     methods: list[str] = field(default_factory=lambda: ["lamp", "global_l1"])
     ratios: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    target_bytes: list[int] = field(default_factory=list)
+    target_bytes: list[int | str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
     recipe_axes: dict[str, list[Any]] = field(default_factory=dict)
     option_axes: dict[str, str] = field(default_factory=dict)

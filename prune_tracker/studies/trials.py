@@ -144,13 +144,15 @@ class TrialSpec:
 
     method: str
     ratio: float | None = None
-    target_bytes: int | None = None
+    target_bytes: int | str | None = None  # a str: a fraction of the base's dense fp32 weights ("1/8")
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def label(self) -> str:
-        size = f"ratio={self.ratio:g}" if self.target_bytes is None else f"target={human_bytes(self.target_bytes)}"
+        target = self.target_bytes
+        size = (f"ratio={self.ratio:g}" if target is None else
+                f"target={target if isinstance(target, str) else human_bytes(target)}")
         extra = " ".join(f"{k}={v}" for k, v in {**self.overrides, **self.options}.items())
         return f"{self.method} {size} seed={self.seed}" + (f" {extra}" if extra else "")
 

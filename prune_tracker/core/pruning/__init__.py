@@ -31,7 +31,7 @@ from .base import (
     validate_ratio,
 )
 from .channels import channel_ratio_for_param_reduction, channel_scope, remove_channels
-from .iterative import iterative_prune  # noqa: F401  (public: iterative rounds for any method)
+from .iterative import RoundPlan, iterative_prune  # noqa: F401  (public: iterative rounds for any method)
 from .layers import channels_per_layer, prunable_layers
 from .masks import count_nonzero_params, global_sparsity, make_permanent, reattach_masks, sparsity_report
 

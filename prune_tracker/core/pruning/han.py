@@ -25,7 +25,7 @@ from torch import nn
 
 from .base import PruneContext, PruneResult, PruningMethod, register_method
 from .common import LAYER_OPTIONS, target_layers, unstructured_result
-from .iterative import round_targets, run_rounds
+from .iterative import RoundPlan, round_targets, run_rounds
 from .masks import current_weight, global_sparsity, keep_top_k, set_mask
 
 
@@ -62,6 +62,6 @@ class Han(PruningMethod):
         def measure(pruned: nn.Module) -> float:
             return global_sparsity(pruned, opts["keep_first"], opts["keep_last"])
 
-        model, _, spent = run_rounds(model, schedule, cut, ctx, opts["round_epochs"], measure, finetune_last=False,
-                                     label="han")
+        model, _, spent = run_rounds(model, schedule, cut, ctx, measure,
+                                     RoundPlan(opts["rounds"], opts["round_epochs"], finetune_last=False), label="han")
         return unstructured_result(model, opts, finetuned_epochs=spent, schedule=schedule)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,21 +45,25 @@ def round_targets(ratio: float, rounds: int) -> list[float]:
     return [1.0 - (1.0 - ratio) ** (k / rounds) for k in range(1, rounds)] + [ratio]
 
 
-def run_rounds(
-    model: nn.Module,
-    targets: list[float],
-    cut: Callable[[nn.Module, int, float], nn.Module],
-    ctx: PruneContext,
-    round_epochs: float,
-    measure: Callable[[nn.Module], float],
-    on_round: RoundCallback | None = None,
-    finetune_last: bool = True,
-    label: str = "iterative",
-) -> tuple[nn.Module, list[dict[str, float]], float]:
+@dataclass(frozen=True)
+class RoundPlan:
+    """`rounds` of prune -> `round_epochs` of `ctx.finetune` (not after the last round unless `finetune_last`: a
+    caller's own fine-tuning takes its place), `on_round(k, records)` after each round."""
+
+    rounds: int
+    round_epochs: float
+    on_round: RoundCallback | None = None
+    finetune_last: bool = True
+
+
+def run_rounds(model: nn.Module, targets: list[float], cut: Callable[[nn.Module, int, float], nn.Module],
+               ctx: PruneContext, measure: Callable[[nn.Module], float], plan: RoundPlan, label: str = "iterative",
+               ) -> tuple[nn.Module, list[dict[str, float]], float]:
     """The loop every iterative method shares: for round k, `model = cut(model, k, targets[k-1])`, then
-    `ctx.finetune(model, round_epochs)` (not after the last round unless `finetune_last`), then `on_round(k,
-    {"round_sparsity": measure(model), "round_val_accuracy": ctx.evaluate(model)})` (evaluated only when there is
-    an `on_round`). Returns the final model, the per-round records and the epochs of fine-tuning spent."""
+    `ctx.finetune(model, plan.round_epochs)` (see RoundPlan), then `plan.on_round(k, {"round_sparsity":
+    measure(model), "round_val_accuracy": ctx.evaluate(model)})` (evaluated only when there is an `on_round`).
+    Returns the final model, the per-round records and the epochs of fine-tuning spent."""
+    round_epochs, on_round, finetune_last = plan.round_epochs, plan.on_round, plan.finetune_last
     history: list[dict[str, float]] = []
     spent = 0.0
     for k, target in enumerate(targets, start=1):
@@ -229,19 +234,10 @@ def _compose_kept(kept: dict[str, list[int]], round_kept: dict[str, list[int]]) 
     return {**kept, **{n: [kept[n][i] for i in idx] if n in kept else list(idx) for n, idx in round_kept.items()}}
 
 
-def iterative_prune(
-    method: PruningMethod,
-    model: nn.Module,
-    ratio: float,
-    ctx: PruneContext,
-    rounds: int,
-    round_epochs: float,
-    options: dict[str, Any] | None = None,
-    on_round: RoundCallback | None = None,
-    finetune_last: bool = True,
-) -> PruneResult:
-    """Prune `model` (never modified) to `ratio` in `rounds` rounds of `method.prune` + `ctx.finetune(model,
-    round_epochs)` (see the module docstring). `on_round(k, {"round_sparsity", "round_val_accuracy"})` after each
+def iterative_prune(method: PruningMethod, model: nn.Module, ratio: float, ctx: PruneContext, plan: RoundPlan,
+                    options: dict[str, Any] | None = None) -> PruneResult:
+    """Prune `model` (never modified) to `ratio` in `plan.rounds` rounds of `method.prune` + `ctx.finetune(model,
+    plan.round_epochs)` (see the module docstring). `on_round(k, {"round_sparsity", "round_val_accuracy"})` after each
     round's fine-tuning: the fraction reached so far (of weights, channels or parameters, as `method.ratio_kind`
     counts them, relative to the original model) and `ctx.evaluate`. `finetune_last=False` skips the last round's
     fine-tuning (the caller's fine-tune takes its place, as in `han`).
@@ -250,6 +246,7 @@ def iterative_prune(
     relative to the original model, and `details["iterative"]` (per-round ratios given to the method and
     records); `finetuned_epochs` and `seconds` add up every round (`seconds` excludes fine-tuning)."""
     ratio = validate_ratio(ratio)
+    rounds, round_epochs = plan.rounds, plan.round_epochs
     if not (isinstance(rounds, int | float) and rounds >= 1 and float(rounds).is_integer()) or not round_epochs >= 0:
         raise ValueError(f"iterative: rounds must be an integer >= 1 and round_epochs >= 0, "
                          f"got rounds={rounds!r}, round_epochs={round_epochs!r}")
@@ -257,8 +254,8 @@ def iterative_prune(
     opts = method.resolve_options(options or {})
     if getattr(method, "prunes_in_rounds", False):
         opts.update(rounds=1, round_epochs=0.0)
-    plan = _Rounds(method, model, opts, ratio, ctx.example_input)
-    original_channels = dict(plan.channels)
+    state = _Rounds(method, model, opts, ratio, ctx.example_input)
+    original_channels = dict(state.channels)
     results: list[PruneResult] = []
     ratios: list[float] = []
     kept: dict[str, list[int]] = {n: list(range(c)) for n, c in original_channels.items()}
@@ -278,7 +275,7 @@ def iterative_prune(
 
     def cut(current: nn.Module, k: int, target: float) -> nn.Module:
         nonlocal kept
-        round_ratio = plan.ratio(current, target)
+        round_ratio = state.ratio(current, target)
         masks = {} if method.structured else _masks(current)
         if k > 1:  # round 1 hands over the caller's model, which is never touched
             _refresh_masked_weights(current)
@@ -291,16 +288,15 @@ def iterative_prune(
         result = method.prune(current, round_ratio, round_ctx, **opts)
         if masks:
             _keep_masks(result.model, current, masks, ctx.log)
-        plan.narrow(result)
+        state.narrow(result)
         kept = _compose_kept(kept, result.details.get("kept_channels", {}))
         touched.update(result.details.get("kept_channels", {}))
         results.append(result)
         ratios.append(round_ratio)
         return result.model
 
-    final, history, spent = run_rounds(model, round_targets(ratio, rounds), cut,
-                                       loop_ctx, round_epochs, plan.measure, on_round, finetune_last,
-                                       label=f"iterative {method.name}")
+    final, history, spent = run_rounds(model, round_targets(ratio, rounds), cut, loop_ctx, state.measure,
+                                       dataclasses.replace(plan, rounds=rounds), label=f"iterative {method.name}")
     last = results[-1]
     details = dict(last.details)
     details["ratio"] = ratio
@@ -314,10 +310,10 @@ def iterative_prune(
     if "kept_channels" in details:
         details["kept_channels"] = {n: kept[n] for n in kept if n in touched}
     if "sparsity" in details and method.ratio_kind == "weights":
-        details["sparsity"] = plan.measure(final)
+        details["sparsity"] = state.measure(final)
     if method.ratio_kind == "params":
-        details["param_reduction"] = plan.measure(final)
-        details["nonzero_param_reduction"] = 1 - count_nonzero_params(final) / plan.params
+        details["param_reduction"] = state.measure(final)
+        details["nonzero_param_reduction"] = 1 - count_nonzero_params(final) / state.params
     if "layer_sparsity" in details:
         report = sparsity_report(final)
         details["layer_sparsity"] = {n: report[n] for n in details["layer_sparsity"] if n in report}
