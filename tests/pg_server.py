@@ -97,7 +97,8 @@ class TeamServerHandle:
 
 def _acquire() -> TeamServerHandle:
     if _shared["server"] is None:
-        from prune_tracker.tracking.server import running_team_server  # imports torch and mlflow: only when used
+        # imports torch and mlflow: only when used
+        from prune_tracker.tracking.server import LocalServerOptions, running_team_server
 
         base = Path(tempfile.mkdtemp(prefix="prune-tracker-team-server-"))
         base.chmod(0o711)  # as root, PostgreSQL runs as `postgres`, which must pass through to the root
@@ -105,7 +106,7 @@ def _acquire() -> TeamServerHandle:
         admin_password = secrets.token_urlsafe(18)
         env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32), "MLFLOW_DISABLE_TELEMETRY": "true"}
-        cm = running_team_server(root, auth=True, workers=1, env=env, timeout=300)
+        cm = running_team_server(root, LocalServerOptions(auth=True), env=env, timeout=300)
         try:
             uri = cm.__enter__()
         except BaseException:

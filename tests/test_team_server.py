@@ -365,7 +365,7 @@ def test_tls_serves_https_only_and_a_client_logs_a_run_trusting_the_certificate(
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_SERVER_CERT_PATH"):
         monkeypatch.delenv(name, raising=False)
     try:
-        with team.running_team_server(base / "server", tls=tls_files, timeout=300) as uri:
+        with team.running_team_server(base / "server", team.LocalServerOptions(tls=tls_files), timeout=300) as uri:
             assert uri.startswith("https://127.0.0.1:")
             with pytest.raises(requests.exceptions.ConnectionError):  # nothing answers plain HTTP on that port
                 requests.get(uri.replace("https://", "http://") + "/health", timeout=10)

@@ -48,6 +48,7 @@ from prune_tracker.tracking.server.launch import (
     AUTH_DB,
     SERVER_LOG,
     TRACKING_DB,
+    LocalServerOptions,
     TeamServer,
     describe,
     running_team_server,
@@ -62,9 +63,9 @@ from prune_tracker.tracking.server.users import add_user, check_admin_env, grant
 __all__ = [
     "ADMIN_PASSWORD_ENV", "AUTH_DB", "AUTH_ENV", "DEFAULT_AUTH_CACHE_TTL_S", "DEFAULT_HOST", "DEFAULT_PG_PORT",
     "DEFAULT_PORT", "DEFAULT_WORKERS", "MIN_PASSWORD_CHARS", "PERMISSIONS", "PG_USER", "SECRET_KEY_ENV", "SERVER_LOG",
-    "TRACKING_DB", "PostgresCluster", "ServerCheck", "ServerConfig", "ServerError", "TeamServer", "add_user",
-    "check_admin_env", "check_auth_env", "check_server", "check_tls_files", "check_uri", "client_verify",
-    "default_root", "describe", "exposure_warning", "find_pg_bin", "free_port", "grant", "is_loopback",
-    "resolve_experiment", "running_team_server", "serve", "server_command", "start_team_server",
+    "TRACKING_DB", "LocalServerOptions", "PostgresCluster", "ServerCheck", "ServerConfig", "ServerError",
+    "TeamServer", "add_user", "check_admin_env", "check_auth_env", "check_server", "check_tls_files", "check_uri",
+    "client_verify", "default_root", "describe", "exposure_warning", "find_pg_bin", "free_port", "grant",
+    "is_loopback", "resolve_experiment", "running_team_server", "serve", "server_command", "start_team_server",
     "stop_process_group", "validate_config",
 ]

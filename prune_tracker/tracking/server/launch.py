@@ -220,22 +220,36 @@ def _launch(config: ServerConfig, cluster: PostgresCluster, env: Mapping[str, st
     return proc, log
 
 
+@dataclass(frozen=True)
+class LocalServerOptions:
+    """What a caller of :func:`running_team_server` chooses (tests, benchmarks); ``port`` / ``pg_port`` 0 pick free
+    ports; ``tls`` (certificate, key) serves HTTPS."""
+
+    auth: bool = False
+    host: str = DEFAULT_HOST
+    port: int = 0
+    pg_port: int = 0
+    workers: int = 1
+    artifacts_destination: str = ""
+    auth_cache_ttl: int = DEFAULT_AUTH_CACHE_TTL_S
+    tls: tuple[str, str] | None = None
+
+    def config(self, root: Path | str) -> ServerConfig:
+        cert, key = self.tls or ("", "")
+        return ServerConfig(root=Path(root), auth=self.auth, host=self.host, port=self.port or free_port(),
+                            pg_port=self.pg_port or free_port(), workers=self.workers,
+                            artifacts_destination=self.artifacts_destination, auth_cache_ttl=self.auth_cache_ttl,
+                            tls_cert=cert, tls_key=key)
+
+
 @contextmanager
-def running_team_server(root: Path | str, *, auth: bool = False, host: str = DEFAULT_HOST, port: int = 0,
-                        pg_port: int = 0, workers: int = 1, artifacts_destination: str = "",
-                        auth_cache_ttl: int = DEFAULT_AUTH_CACHE_TTL_S, tls: tuple[str, str] | None = None,
+def running_team_server(root: Path | str, options: LocalServerOptions = LocalServerOptions(),
                         env: Mapping[str, str] | None = None, timeout: float = HEALTH_TIMEOUT_S) -> Iterator[str]:
     """A team server under ``root`` for the length of a ``with`` block; yields its URI ``http(s)://127.0.0.1:<port>``.
 
-    ``port`` / ``pg_port`` 0 pick free ports; ``tls`` (certificate, key) serves HTTPS. ``env`` (default: this
-    process's) must hold the admin password and secret key when ``auth``. On exit the server's whole process group
-    and the cluster it started are stopped."""
-    cert, key = tls or ("", "")
-    config = ServerConfig(root=Path(root), auth=auth, host=host, port=port or free_port(),
-                          pg_port=pg_port or free_port(), workers=workers,
-                          artifacts_destination=artifacts_destination, auth_cache_ttl=auth_cache_ttl,
-                          tls_cert=cert, tls_key=key)
-    server = start_team_server(config, env, timeout)
+    ``env`` (default: this process's) must hold the admin password and secret key when ``options.auth``. On exit
+    the server's whole process group and the cluster it started are stopped."""
+    server = start_team_server(options.config(root), env, timeout)
     try:
         yield server.uri
     finally:
