@@ -120,7 +120,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-    from prune_tracker.tracking.server import add_user, grant, running_team_server
+    from prune_tracker.tracking.server import LocalServerOptions, add_user, grant, running_team_server
 
     root = Path(tempfile.mkdtemp(prefix="prune-tracker-server-bench-"))
     root.chmod(0o711)
@@ -132,7 +132,7 @@ def main() -> None:
                               "server_workers": args.workers, "auth": True, "auth_cache_ttl_s": 60,
                               "metrics_per_run": METRICS * STEPS, "seconds": args.seconds}
     try:
-        with running_team_server(root, auth=True, workers=args.workers, env=env) as uri:
+        with running_team_server(root, LocalServerOptions(auth=True, workers=args.workers), env=env) as uri:
             from mlflow.tracking import MlflowClient
 
             os.environ.update(MLFLOW_TRACKING_USERNAME=admin[0], MLFLOW_TRACKING_PASSWORD=admin[1])
@@ -149,8 +149,8 @@ def main() -> None:
             report["latency_postgres_server"] = latency(uri, args.latency_calls)
         report["latency_sqlite_direct"] = latency(f"sqlite:///{root / 'direct.db'}", args.latency_calls)
         if args.uncached_calls:
-            with running_team_server(root / "uncached", auth=True, workers=args.workers, env=env,
-                                     auth_cache_ttl=0) as uri:
+            with running_team_server(root / "uncached", LocalServerOptions(auth=True, workers=args.workers,
+                                                                            auth_cache_ttl=0), env=env) as uri:
                 os.environ.update(MLFLOW_TRACKING_USERNAME=admin[0], MLFLOW_TRACKING_PASSWORD=admin[1])
                 add_user(uri, *user)
                 os.environ.update(MLFLOW_TRACKING_USERNAME=user[0], MLFLOW_TRACKING_PASSWORD=user[1])

@@ -101,7 +101,7 @@ def main() -> None:
 
     from mlflow.tracking import MlflowClient
 
-    from prune_tracker.tracking.server import add_user, running_team_server
+    from prune_tracker.tracking.server import LocalServerOptions, add_user, running_team_server
 
     root = Path(tempfile.mkdtemp(prefix="prune-tracker-ui-check-"))
     root.chmod(0o711)
@@ -109,7 +109,7 @@ def main() -> None:
     env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}
     try:
-        with running_team_server(root, auth=True, workers=1, env=env) as uri:
+        with running_team_server(root, LocalServerOptions(auth=True), env=env) as uri:
             os.environ.update(MLFLOW_TRACKING_USERNAME=admin[0], MLFLOW_TRACKING_PASSWORD=admin[1])
             add_user(uri, *user)
             client_env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": user[0],

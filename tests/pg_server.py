@@ -97,20 +97,22 @@ class TeamServerHandle:
 
 def _acquire() -> TeamServerHandle:
     if _shared["server"] is None:
-        from prune_tracker.tracking.server import running_team_server  # imports torch and mlflow: only when used
+        # imports torch and mlflow: only when used
+        from prune_tracker.tracking.server import LocalServerOptions, running_team_server
 
-        root = Path(tempfile.mkdtemp(prefix="prune-tracker-team-server-"))
-        root.chmod(0o711)  # as root, PostgreSQL runs as `postgres`, which must enter the root
+        base = Path(tempfile.mkdtemp(prefix="prune-tracker-team-server-"))
+        base.chmod(0o711)  # as root, PostgreSQL runs as `postgres`, which must pass through to the root
+        root = base / "server"  # created by the server itself (private from creation)
         admin_password = secrets.token_urlsafe(18)
         env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32), "MLFLOW_DISABLE_TELEMETRY": "true"}
-        cm = running_team_server(root, auth=True, workers=1, env=env)
+        cm = running_team_server(root, LocalServerOptions(auth=True), env=env, timeout=300)
         try:
             uri = cm.__enter__()
         except BaseException:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(base, ignore_errors=True)
             raise
-        _shared.update(server=TeamServerHandle(uri, "admin", admin_password, root), cm=cm, root=root)
+        _shared.update(server=TeamServerHandle(uri, "admin", admin_password, root), cm=cm, root=base)
     _shared["users"] = int(_shared["users"]) + 1  # type: ignore[call-overload]
     return _shared["server"]  # type: ignore[return-value]
 

@@ -1,6 +1,9 @@
 """Any CNN a user brings: torchvision builders by name (`arch=torchvision:<builder>`), and models logged by
 another tool (`mlflow.pytorch`, any nn.Module) pruned as they are, through `mlflow run . -e prune`.
 
+Loading such a model unpickles it: this module runs with the team-wide opt-in PRUNE_TRACKER_TRUST_PICKLE=1
+(tests/test_loading_safety.py checks the refusal without it and the `--trust-pickle` / `-P trust_pickle=true` forms).
+
 The foreign network is defined here and logged with `code_paths=[this file]`, as a user's training script should:
 the `mlflow run` subprocess imports it from the model's code. So this module imports nothing from conftest or the
 other test modules at import time (that would run conftest's session set-up inside the subprocess).
@@ -258,6 +261,15 @@ def test_rounds_on_a_foreign_graph_land_on_the_one_shot_widths():
     rounds = iterative_prune(get_method("li_filters"), SmallCNN().eval(), 0.5, ctx, RoundPlan(2, 0.0), {}).details[
         "layers"]
     assert {n: r["channels_after"] for n, r in rounds.items()} == {n: r["channels_after"] for n, r in one_shot.items()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _trust_pickle_for_this_module():
+    """Every model here was logged by 'another tool': unpickling is opted into for the module (and the `mlflow run`
+    processes it starts)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(tracking.TRUST_PICKLE_ENV, "1")
+        yield
 
 
 # ---------------------------------------------------------------- through `mlflow run . -e prune`

@@ -23,6 +23,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow_server import _stop, _wait_healthy, free_port
 
 from prune_tracker import jobs, tracking
@@ -34,6 +35,8 @@ from prune_tracker.tracking import gc, owner
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 RESUME_DATA = ["--dataset", "synthetic", "--train-subset", "2000", "--val-size", "100", "--split-seed", "0"]
+SWEEP_DATA = ["--dataset", "synthetic", "--train-subset", "300", "--val-size", "50", "--device", "cpu", "--no-progress",
+              "--precisions", ""]
 RESUME_TRAIN = ["train", "--arch", "resnet20", *RESUME_DATA, "--epochs", "3", "--batch-size", "64", "--lr", "0.1",
                 "--ema-decay", "0.9", "--device", "cpu", "--no-progress", "--precisions", ""]
 
@@ -69,7 +72,8 @@ def child_env(uri: str, **extra: str) -> dict[str, str]:
 _started: list[subprocess.Popen] = []
 
 
-GC_EXPERIMENTS = ("gc-local", "gc-cli", "gc-resume")  # where the gc tests craft RUNNING runs on purpose
+# where the gc tests craft RUNNING / SCHEDULED runs on purpose
+GC_EXPERIMENTS = ("gc-local", "gc-cli", "gc-resume", "gc-scheduled", "gc-sweep-killed")
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +84,8 @@ def _no_crafted_run_left_running() -> Iterator[None]:
     client = MlflowClient()
     for name in GC_EXPERIMENTS:
         experiment = client.get_experiment_by_name(name)
-        left = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
+        left = [run for status in ("RUNNING", "SCHEDULED") for run in client.search_runs(
+            [experiment.experiment_id], f"attributes.status = '{status}'")] if experiment else []
         for run in left:
             client.set_terminated(run.info.run_id, "KILLED")
 
@@ -160,8 +165,10 @@ def _run_with(client: MlflowClient, experiment: str, name: str, tags: dict[str, 
     return run.info.run_id
 
 
-def _owner(pid: int, host: str | None = None, beat_ago: float = 0, ticks: str | None = None) -> dict[str, str]:
+def _owner(pid: int, host: str | None = None, beat_ago: float = 0, ticks: str | None = None,
+           pid_ns: str | None = None) -> dict[str, str]:
     return {owner.OWNER_HOST: host or socket.gethostname(), owner.OWNER_BOOT_ID: owner.boot_id(),
+            owner.OWNER_PID_NS: owner.pid_namespace() if pid_ns is None else pid_ns,
             owner.OWNER_PID: str(pid), owner.OWNER_START: owner.start_ticks(pid) if ticks is None else ticks,
             owner.HEARTBEAT: iso_ago(beat_ago)}
 
@@ -179,20 +186,25 @@ def test_gc_marks_only_orphans_killed():
                                         start_ago=7200),
         "no owner, old": _run_with(client, exp, "f", {}, start_ago=3600),
         "no owner, new": _run_with(client, exp, "g", {}),
-        "host rebooted": _run_with(client, exp, "h", {**_owner(me), owner.OWNER_BOOT_ID: "another-boot"}),
+        # The same host name, but another boot or another PID namespace (a container): its pids are not ours to
+        # look up (a dead pid here says nothing), so only its heartbeat counts.
+        "another boot, fresh": _run_with(client, exp, "h", _owner(dead_pid()) | {owner.OWNER_BOOT_ID: "another"}),
+        "another PID namespace, fresh": _run_with(client, exp, "j", _owner(dead_pid(), pid_ns="pid:[1]")),
+        "another PID namespace, silent": _run_with(client, exp, "k", _owner(dead_pid(), pid_ns="pid:[1]",
+                                                                             beat_ago=3600), start_ago=7200),
     }
     finished = _run_with(client, exp, "i", _owner(dead_pid()))
     client.set_terminated(finished, "FINISHED")
-    orphans = {"dead owner here", "pid reused", "other host, silent", "no owner, old", "host rebooted"}
+    orphans = {"dead owner here", "pid reused", "other host, silent", "no owner, old", "another PID namespace, silent"}
 
     preview = gc.mark_orphans_killed(["gc-local"], stale_after="15m", dry_run=True)
     assert {o.run_id for o in preview} == {runs[k] for k in orphans}
     assert all(client.get_run(r).info.status == "RUNNING" for r in runs.values())  # a dry run marks nothing
 
     assert {o.run_id for o in gc.mark_orphans_killed(["gc-local"], stale_after=None)} == {
-        runs[k] for k in ("dead owner here", "pid reused", "host rebooted")}  # off: only this host's runs
+        runs[k] for k in ("dead owner here", "pid reused")}  # off: only runs whose owner this process sees
     marked = {o.run_id: o.reason for o in gc.mark_orphans_killed(["gc-local"], stale_after="15m")}
-    assert set(marked) == {runs["other host, silent"], runs["no owner, old"]}
+    assert set(marked) == {runs[k] for k in ("other host, silent", "no owner, old", "another PID namespace, silent")}
     for key, run_id in runs.items():
         run = client.get_run(run_id)
         assert run.info.status == ("KILLED" if key in orphans else "RUNNING"), key
@@ -200,7 +212,7 @@ def test_gc_marks_only_orphans_killed():
     assert client.get_run(finished).info.status == "FINISHED"
     assert "is gone" in client.get_run(runs["dead owner here"]).data.tags[gc.GC_REASON_TAG]
     assert "another process" in client.get_run(runs["pid reused"]).data.tags[gc.GC_REASON_TAG]
-    assert "rebooted" in client.get_run(runs["host rebooted"]).data.tags[gc.GC_REASON_TAG]
+    assert "no heartbeat for 1h00m" in client.get_run(runs["another PID namespace, silent"]).data.tags[gc.GC_REASON_TAG]
     silent = client.get_run(runs["other host, silent"])
     assert "no heartbeat for 1h00m" in silent.data.tags[gc.GC_REASON_TAG]
     assert abs(silent.info.end_time / 1000 - (time.time() - 3600)) < 120  # ended at its last heartbeat
@@ -218,9 +230,118 @@ def test_gc_command_prints_what_it_marked_and_rejects_bad_input():
     assert done.exit_code == 0 and f"marked KILLED: {run_id} gc-cli/orphan: owner process" in done.output
     assert client.get_run(run_id).info.status == "KILLED"
     for args, bad in ((["--stale-after", "soon"], "stale_after='soon'"), (["--stale-after", "0"], "stale_after='0'"),
+                      (["--stale-after", "1s"], "stale_after='1s' is shorter than 3 heartbeat intervals (3 x 60s ="),
                       (["--experiment-names", "no-such-experiment"], "'no-such-experiment' not found")):
         result = CliRunner().invoke(cli, ["gc", *args])
         assert result.exit_code == 2 and bad in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_stale_after_must_span_three_heartbeats(monkeypatch):
+    assert gc.stale_after_seconds("15m") == 900  # the default against the default 60 s heartbeat
+    with pytest.raises(ValueError, match=r"stale_after='2m' is shorter than 3 heartbeat intervals \(3 x 60s = 3m00s"):
+        gc.stale_after_seconds("2m")
+    monkeypatch.setenv(owner.HEARTBEAT_ENV, "0.3")
+    assert gc.stale_after_seconds("1s") == 1.0  # a team beating every 0.3 s may judge after 1 s
+    monkeypatch.setenv(owner.HEARTBEAT_ENV, "600")
+    with pytest.raises(ValueError, match="shorter than 3 heartbeat intervals"):
+        gc.stale_after_seconds("15m")
+    assert gc.default_stale_after() == 1800  # what the sweep and a resume judge by: never shorter than 3 beats
+
+
+def _scheduled(client: MlflowClient, experiment: str, name: str, tags: dict[str, str], parent: str | None = None,
+               start_ago: float = 0) -> str:
+    """A run in status SCHEDULED, as a study creates its trials' runs (nested under `parent`)."""
+    run_id = _run_with(client, experiment, name, tags | ({MLFLOW_PARENT_RUN_ID: parent} if parent else {}),
+                       start_ago=start_ago)
+    client.update_run(run_id, status="SCHEDULED")
+    return run_id
+
+
+def test_gc_collects_scheduled_runs_nobody_will_start():
+    client = MlflowClient()
+    exp = experiment_id("gc-scheduled", client)
+    me, gone, elsewhere = os.getpid(), dead_pid(), "elsewhere.example"
+    live_study = _run_with(client, exp, "live study", _owner(1, host=elsewhere, beat_ago=30))
+    silent_study = _run_with(client, exp, "silent study", _owner(1, host=elsewhere, beat_ago=3600), start_ago=7200)
+    ended_study = _run_with(client, exp, "ended study", _owner(1, host=elsewhere))
+    client.set_terminated(ended_study, "FINISHED")
+    runs = {
+        "its process gone": _scheduled(client, exp, "a", _owner(gone), parent=live_study),
+        "its process alive": _scheduled(client, exp, "b", _owner(me), parent=ended_study),
+        "study alive elsewhere": _scheduled(client, exp, "c", _owner(1, host=elsewhere), parent=live_study),
+        "study ended": _scheduled(client, exp, "d", _owner(1, host=elsewhere), parent=ended_study),
+        "study silent": _scheduled(client, exp, "e", _owner(1, host=elsewhere), parent=silent_study),
+        "no study, old": _scheduled(client, exp, "f", {}, start_ago=3600),
+        "no study, new": _scheduled(client, exp, "g", {}),
+    }
+    orphans = {"its process gone", "study ended", "study silent", "no study, old"}
+    preview = gc.mark_orphans_killed(["gc-scheduled"], dry_run=True)
+    assert {o.run_id for o in preview if o.status == "SCHEDULED"} == {runs[k] for k in orphans}
+    assert [o.run_id for o in preview if o.status == "RUNNING"] == [silent_study]
+    gc.mark_orphans_killed(["gc-scheduled"])
+    for key, run_id in runs.items():
+        run = client.get_run(run_id)
+        assert run.info.status == ("KILLED" if key in orphans else "SCHEDULED"), key
+    reasons = {k: client.get_run(runs[k]).data.tags.get(gc.GC_REASON_TAG, "") for k in orphans}
+    assert reasons["its process gone"] == f"never started: owner process {gone} on host {socket.gethostname()} is gone"
+    assert reasons["study ended"] == f"never started, and its study run {ended_study} ended FINISHED"
+    assert reasons["study silent"] == f"never started, and its study run {silent_study} is an orphan"
+    assert client.get_run(live_study).info.status == "RUNNING"
+
+
+SLEEPER = """
+import sys, time
+from prune_tracker import tracking
+with tracking.tracked_run("train", sys.argv[1], run_name="live neighbour") as run:
+    print("run", run.info.run_id, flush=True)
+    time.sleep(600)
+"""
+
+
+def _wait_for_runs(client: MlflowClient, experiment: str, filter_string: str, count: int, proc: subprocess.Popen,
+                   log: Path, timeout: float = 240) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], filter_string) if exp else []
+        if len(runs) >= count:
+            return runs
+        time.sleep(0.2)
+    raise AssertionError(f"{count} runs matching {filter_string!r} not within {timeout:.0f} s:\n{log.read_text()}")
+
+
+@pytest.mark.e2e
+def test_a_sweep_driver_killed_after_scheduling_leaves_nothing_for_gc_to_miss(tmp_path):
+    """kill -9 of the sweep's process once its three trial runs exist (one RUNNING in it, two SCHEDULED): `gc`
+    leaves no run RUNNING or SCHEDULED, and the live run of another process on this host is untouched."""
+    experiment, client = "gc-sweep-killed", MlflowClient()
+    uri = mlflow.get_tracking_uri()
+    base = jobs.train(jobs.TrainSpec("resnet8", jobs.DataSpec("synthetic", None, 300, 50, 0),
+                                     TrainConfig(epochs=0.2, batch_size=64, lr=0.1),
+                                     jobs.RunSpec(experiment, "cpu", progress=False, precisions=())))
+    neighbour_log, driver_log = tmp_path / "neighbour.log", tmp_path / "sweep.log"
+    with open(neighbour_log, "wb") as out:
+        neighbour = subprocess.Popen([sys.executable, "-c", SLEEPER, experiment], env=child_env(uri), cwd=tmp_path,
+                                     stdout=out, stderr=subprocess.STDOUT)
+    _started.append(neighbour)
+    live = _wait_for_runs(client, experiment, "tags.mlflow.runName = 'live neighbour'", 1, neighbour, neighbour_log)
+    driver = start_cli(["sweep", "--model-uri", f"runs:/{base}/model", "--methods", "global_l1", "--ratios",
+                        "0.3,0.5,0.7", "--finetune-epochs", "1", "--experiment-name", experiment, *SWEEP_DATA], uri,
+                       driver_log)
+    trials = _wait_for_runs(client, experiment, "tags.sweep_run_id != ''", 3, driver, driver_log)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    assert "SCHEDULED" in [client.get_run(t.info.run_id).info.status for t in trials]  # trials never started
+
+    result = CliRunner().invoke(cli, ["gc", "--experiment-names", experiment])
+    assert result.exit_code == 0, result.output
+    exp = client.get_experiment_by_name(experiment).experiment_id
+    left = {r.info.run_id: r.info.status for r in client.search_runs([exp])
+            if r.info.status in ("RUNNING", "SCHEDULED")}
+    assert left == {live[0].info.run_id: "RUNNING"}, result.output  # only the live neighbour
+    assert all(client.get_run(t.info.run_id).info.status == "KILLED" for t in trials), result.output
+    print(f"gc after the killed sweep driver:\n{result.output}")
 
 
 def test_resume_refuses_a_run_that_a_live_process_owns():

@@ -110,4 +110,4 @@ def test_search_registers_the_most_accurate_in_budget_trial_as_champion(base_uri
     assert len(doc["trials"]) == 3 and {row["params"]["method"] for row in doc["trials"]} <= {"global_l1", "lamp"}
     assert all(row["state"] == "COMPLETE" and row["ratio"] > 0 for row in doc["trials"])
     [compare] = client.search_runs([exp], f"tags.stage = 'compare' and tags.search_run_id = '{result.run_id}'")
-    assert compare.data.params["budget_bytes"] == str(BUDGET)
+    assert compare.data.params["budget_bytes"] == str(BUDGET)  # core.budget: whole bytes

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import PROJECT_ROOT
 from mlflow.tracking import MlflowClient
 
+from prune_tracker import tracking
 from prune_tracker.cli import cli
+from prune_tracker.core.models import architecture_spec, build_model
 from prune_tracker.jobs import DataSpec
 from prune_tracker.studies import sweep
 from prune_tracker.studies.sweep import (
@@ -35,6 +38,7 @@ from prune_tracker.studies.sweep import (
     expand_grid,
     run_sweep,
 )
+from prune_tracker.tracking import owner
 from prune_tracker.tracking.identity import reuse_key
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,7 +153,7 @@ def test_every_grid_value_changes_the_trial_key_and_nothing_else_does():
     base = PruneBase("runs:/x/model", DataSpec.inherited(), precisions=())
 
     def key(spec: TrialSpec, on: PruneBase = base) -> str:
-        return reuse_key("prune", spec.identity(on, "run:x/model"), code="fixed")
+        return reuse_key("prune", spec.identity(on), code="fixed", resolve=lambda uri: f"content of {uri}")
 
     one = TrialSpec("lamp", 0.5)
     assert key(one) == key(TrialSpec("lamp", 0.5, seed=0, options={"keep_first": "true"}))  # the default, resolved
@@ -201,6 +205,38 @@ def test_a_failed_trial_is_retried_once_then_failed_while_the_others_go_on(base_
     assert sorted(executor.attempts) == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1)], "each failure retried once"
     failed = MlflowClient().get_run(results[1].run_id)
     assert failed.info.status == FAILED and failed.data.tags["error"] == "boom 2", "never started: marked FAILED"
+
+
+class LostOnAnotherNode(sweep.LocalExecutor):
+    """Attempt 1 starts its run on 'another node' (owner tags of another host, a fresh heartbeat) and its worker is
+    lost there; attempt 2 reopens the run here, as the retried trial does, and finishes it."""
+
+    def next_outcome(self) -> TrialOutcome:
+        task = self._queue.popleft()
+        client = MlflowClient()
+        if task.attempt == 1:
+            client.update_run(task.run_id, status="RUNNING")
+            for key, value in {owner.OWNER_HOST: "node-b.example", owner.OWNER_PID: "4242",
+                               owner.HEARTBEAT: owner.now_iso()}.items():
+                client.set_tag(task.run_id, key, value)
+            return TrialOutcome(task.index, False, task.run_id, "ray: NodeDiedError: node-b died", lost=True)
+        with tracking.tracked_run("prune", None, nested=True, resume_run_id=task.run_id):
+            pass
+        return TrialOutcome(task.index, True, task.run_id)
+
+
+def test_an_attempt_lost_with_its_node_is_ended_killed_and_the_retry_reopens_its_run(base_uri):
+    mlflow.set_experiment("lost-attempt")
+    with mlflow.start_run() as parent:
+        runner = TrialRunner(PruneBase(base_uri, precisions=()), LostOnAnotherNode(), parent.info.experiment_id,
+                             parent.info.run_id, "sweep", log=lambda _line: None)
+        runner.add(1, TrialSpec("lamp", 0.5))
+        runner.drain()
+    (result,) = runner.ordered()
+    assert (result.status, result.attempts) == (FINISHED, 2), result.error
+    run = MlflowClient().get_run(result.run_id)
+    assert run.info.status == FINISHED and run.data.tags["lost_attempt_1"].startswith("ray: NodeDiedError")
+    assert run.data.tags[owner.OWNER_PID] == str(os.getpid()), "the retry owns the run now"
 
 
 def test_runs_that_never_started_are_killed_when_the_study_stops(base_uri):
@@ -297,6 +333,36 @@ def test_bad_sweep_input_is_one_line_and_leaves_no_run(args, message):
 def test_an_unknown_base_model_is_one_line():
     result = CliRunner().invoke(cli, ["sweep", "--model-uri", "runs:/0123456789abcdef0123456789abcdef/model"])
     assert result.exit_code == 2 and "not found" in result.output and "Traceback" not in result.output
+
+
+def _model_file(path: Path, arch: str) -> str:
+    model = build_model(arch, 10)
+    torch.save({"spec": architecture_spec(model, arch, 10), "state_dict": model.state_dict()}, path)
+    return str(path)
+
+
+def test_the_base_model_is_checked_against_methods_and_baselines_before_any_run(tmp_path):
+    """What only the base model can tell fails before the sweep's run exists, in one line that says what to do."""
+    arch = "torchvision:mobilenet_v3_small"
+    with tracking.tracked_run("train", "sweep-refusals", "a base without a width multiplier") as run:
+        tracking.log_params({"arch": arch})
+        tracking.log_model(build_model(arch, 10), arch, 10)
+    cases = [
+        (["sweep", "--model-uri", _model_file(tmp_path / "vgg.pt", "vgg11_bn"), "--methods", "li_filters",
+          "--option", "scope=stage"], "li_filters: scope=stage needs an option-A CIFAR ResNet"),
+        (["sweep", "--model-uri", _model_file(tmp_path / "resnet8.pt", "resnet8"), "--baselines", "true"],
+         "baselines=true trains dense-small models with the base run's recipe and split, and model_uri="),
+        (["sweep", "--model-uri", f"runs:/{run.info.run_id}/model", "--baselines", "true"],
+         "baselines=true needs a base whose arch takes a width multiplier (resnet20, "),
+        (["main", "--arch", arch, "--baselines", "true"], "baselines=true needs an arch that takes a width multiplier"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli, [*args, "--experiment-name", "sweep-refusals", "--device", "cpu"])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output[-2000:]
+    assert [r.data.tags["stage"] for r in MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("sweep-refusals").experiment_id])] == ["train"], "a study run started"
+    assert not running_runs()
 
 
 @pytest.mark.e2e

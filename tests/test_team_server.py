@@ -1,14 +1,21 @@
 """The team server (prune_tracker/tracking/server.py): PostgreSQL backend, proxied artifacts, MLflow basic-auth on
 127.0.0.1, started and stopped by the tests. No credentials -> 401; a user without a grant -> 403 on write; a granted
 user logs runs, registers a model and runs a prune entry point through `mlflow run`; `server --check`; the one-line
-refusal of --auth without secrets; `users add|grant`; scripts/team-server.sh starts the same set-up with an S3
-artifacts destination (moto) and stops it; a start that fails leaves nothing running."""
+refusal of --auth without secrets; `users add|grant`; scripts/team-server.sh (which runs `prune-tracker server`)
+starts the same set-up with an S3 artifacts destination (moto) and stops it; a start that fails leaves nothing
+running; the root's files are private from creation; HTTPS with a self-signed certificate (plain HTTP not served);
+an exposure without auth and TLS file mistakes refused before anything is created."""
 
 from __future__ import annotations
 
+import datetime
+import grp
+import ipaddress
 import os
 import secrets
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -24,6 +31,10 @@ import requests
 import torch
 from click.testing import CliRunner
 from conftest import PROJECT_ROOT
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pg_server import User
@@ -235,6 +246,8 @@ def test_the_script_equivalent_runs_auth_and_s3_artifacts_and_stops_everything(m
     settings; a client without them logs an artifact through the server; SIGTERM stops server and cluster."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
+    script = (PROJECT_ROOT / "scripts" / "team-server.sh").read_text()
+    assert "prune_tracker.cli server" in script and "psql" not in script  # one launcher, no SQL of its own
     root = Path(tempfile.mkdtemp(prefix="prune-tracker-script-server-"))
     root.chmod(0o711)
     port, pg_port, bucket = team.free_port(), team.free_port(), "team-artifacts"
@@ -294,3 +307,106 @@ def _cmdline(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return []
+
+
+# ---------------------------------------------------------------- private files, exposure, TLS
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_servers_files_are_private_from_creation(team_server):
+    """The fixture's root did not exist before the server made it: every folder 0700, every file 0600 (the root
+    itself 0710 with group postgres when run as root, so the cluster's user can only pass through)."""
+    root = team_server.root
+    with team_server.login(team_server.admin):
+        client = MlflowClient(team_server.uri)
+        run = client.create_run(client.create_experiment(f"private-{secrets.token_hex(3)}"))
+        client.log_text(run.info.run_id, "secret weights", "notes/private.txt")
+        client.set_terminated(run.info.run_id)
+    if os.geteuid() == 0:
+        assert (_mode(root), grp.getgrgid(root.stat().st_gid).gr_name) == (0o710, "postgres")
+    else:
+        assert _mode(root) == 0o700
+    folders = [root / "artifacts", root / "postgres", *(p for p in (root / "artifacts").rglob("*") if p.is_dir())]
+    files = [root / "pgpass", root / "basic_auth.ini", root / "mlflow-server.log", root / "postgres" / "postgres.log",
+             *(p for p in (root / "artifacts").rglob("*") if p.is_file())]
+    assert any(p.name == "private.txt" for p in files), "the artifact was not proxied to the root"
+    assert {str(p): oct(_mode(p)) for p in folders if _mode(p) != 0o700} == {}
+    assert {str(p): oct(_mode(p)) for p in files if _mode(p) != 0o600} == {}
+
+
+@pytest.fixture(scope="module")
+def tls_files() -> Iterator[tuple[str, str]]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM), in a temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="prune-tracker-tls-"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    try:
+        yield str(folder / "cert.pem"), str(folder / "key.pem")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_tls_serves_https_only_and_a_client_logs_a_run_trusting_the_certificate(tls_files, monkeypatch):
+    base = Path(tempfile.mkdtemp(prefix="prune-tracker-tls-server-"))
+    base.chmod(0o711)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        with team.running_team_server(base / "server", team.LocalServerOptions(tls=tls_files), timeout=300) as uri:
+            assert uri.startswith("https://127.0.0.1:")
+            with pytest.raises(requests.exceptions.ConnectionError):  # nothing answers plain HTTP on that port
+                requests.get(uri.replace("https://", "http://") + "/health", timeout=10)
+            with pytest.raises(requests.exceptions.SSLError):  # an untrusted certificate is refused
+                requests.get(f"{uri}/health", timeout=10)
+            monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", tls_files[0])
+            client = MlflowClient(uri)
+            run = client.create_run(client.create_experiment("over-https"))
+            client.log_metric(run.info.run_id, "val_accuracy", 0.5)
+            client.log_text(run.info.run_id, "pruned", "notes/hello.txt")
+            client.set_terminated(run.info.run_id)
+            logged = client.get_run(run.info.run_id)
+            assert logged.info.status == "FINISHED" and logged.data.metrics["val_accuracy"] == 0.5
+            assert client.list_artifacts(run.info.run_id, "notes")[0].path == "notes/hello.txt"
+            check = CliRunner().invoke(cli, ["server", "--check", uri])
+            assert check.exit_code == 0 and "health: OK" in check.output, check.output
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--host", "0.0.0.0"], "host='0.0.0.0' without --auth would let anyone who reaches port 5000 read and write"),
+    (["--tls-cert", "/no/such/cert.pem", "--tls-key", "/no/such/key.pem"],
+     "tls_cert='/no/such/cert.pem' is not allowed; no such file"),
+    (["--tls-cert", "{cert}"], "tls_cert needs --tls-key too"),
+    (["--tls-cert", "{cert}", "--tls-key", "{cert}"], "cannot serve HTTPS"),
+])
+def test_exposure_and_tls_mistakes_are_refused_before_anything_is_created(tmp_path, tls_files, args, message):
+    root = tmp_path / "root"
+    args = [arg.replace("{cert}", tls_files[0]) for arg in args]
+    _one_line_error(CliRunner().invoke(cli, ["server", "--root", str(root), *args]), message)
+    assert not root.exists()
+
+
+def test_an_open_or_clear_text_exposure_is_a_choice_and_warned_about(tls_files):
+    open_on_purpose = team.ServerConfig(host="0.0.0.0", insecure=True)
+    team.validate_config(open_on_purpose)
+    assert "without --auth (--insecure)" in team.exposure_warning(open_on_purpose)
+    clear_text = team.ServerConfig(host="0.0.0.0", auth=True)
+    assert "passwords cross the network in clear" in team.exposure_warning(clear_text)
+    cert, key = tls_files
+    assert team.exposure_warning(team.ServerConfig(host="0.0.0.0", auth=True, tls_cert=cert, tls_key=key)) is None
+    assert team.exposure_warning(team.ServerConfig()) is None  # loopback
+    assert team.ServerConfig(tls_cert=cert, tls_key=key).uri.startswith("https://")

@@ -31,6 +31,7 @@ from prune_tracker.cli.options import (
     stack,
     train_config,
     train_options,
+    trust_pickle_option,
     zero_init_option,
 )
 from prune_tracker.core.seeds import AGGREGATES
@@ -65,6 +66,7 @@ def train(arch: str, resume_run_id: str, **kw: Any) -> None:
 @click.option("--tta-flip/--no-tta-flip", "--tta_flip/--no_tta_flip", "tta_flip", default=True, show_default=True)
 @option("batch_size", type=click.IntRange(min=1), default=500)
 @data_options(inherit=True)
+@trust_pickle_option
 @handle_errors
 def evaluate(model_uri: str, arch: str, input_shape: str, tta_flip: bool, batch_size: int, **kw: Any) -> None:
     """Evaluate a model: top-1/top-5, loss, per-class accuracy, confusion matrix, CPU latency."""
@@ -93,6 +95,7 @@ def evaluate(model_uri: str, arch: str, input_shape: str, tta_flip: bool, batch_
 @seed_option("pruning and fine-tuning")
 @data_options(inherit=True)
 @click.pass_context
+@trust_pickle_option
 @handle_errors
 def prune(ctx: click.Context, model_uri: str, method: str, ratio: float, finetune_epochs: float,
           target_bytes: int | None, target_metric: str, option_pairs: tuple[str, ...], **kw: Any) -> None:
@@ -118,6 +121,7 @@ def prune(ctx: click.Context, model_uri: str, method: str, ratio: float, finetun
 @recovery_options(schedule_default="")
 @seed_option("fine-tuning")
 @data_options(inherit=True)
+@trust_pickle_option
 @handle_errors
 def finetune(model_uri: str, arch: str, input_shape: str, qat: str, **kw: Any) -> None:
     """Continue training a pruned model with its masks or architecture kept (stage=finetune)."""
@@ -135,6 +139,7 @@ def finetune(model_uri: str, arch: str, input_shape: str, qat: str, **kw: Any) -
 @option("batch_size", type=click.IntRange(min=1), default=1, help="batch size for the activation peak")
 @click.option("--json", "as_json", is_flag=True, help="print the breakdown as JSON")
 @input_shape_option
+@trust_pickle_option
 @handle_errors
 def footprint(model_uri: str, arch: str, batch_size: int, as_json: bool, input_shape: str) -> None:
     """Print a model's footprint breakdown (parameters per format, activations, FLOPs, MicroNet)."""

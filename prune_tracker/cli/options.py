@@ -193,6 +193,23 @@ def bool_option(name: str, default: bool, help: str) -> Callable:  # noqa: A002 
     return option(name, type=click.BOOL, default=default, is_flag=False, flag_value=True, help=help)
 
 
+def trust_pickle_option(fn: Callable) -> Callable:
+    """`--trust-pickle` (MLproject: `-P trust_pickle=true`) on a command that loads models: the command runs with
+    unpickling allowed (tracking.trusting_pickle), for itself and the processes it starts. Without it, the team's
+    PRUNE_TRACKER_TRUST_PICKLE decides; a foreign (pickled) model is refused in one line naming the opt-in."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, trust_pickle: bool, **kwargs: Any) -> Any:
+        from prune_tracker.tracking import trusting_pickle
+
+        with trusting_pickle(trust_pickle):
+            return fn(*args, **kwargs)
+
+    return bool_option("trust_pickle", default=False,
+                       help="allow unpickling a model logged by another tool (runs its code: only for a source you "
+                            "trust); or PRUNE_TRACKER_TRUST_PICKLE=1 for a whole team")(wrapper)
+
+
 def stack(*decorators: Callable) -> Callable:
     """Apply option decorators in the order listed (the first is the first option of `--help`)."""
 

@@ -13,7 +13,7 @@ import click
 
 from prune_tracker.cli.options import OneLineErrors, handle_errors, split_list
 
-# ---------------------------------------------------------------- team server (prune_tracker/tracking/server.py)
+# ---------------------------------------------------------------- team server (prune_tracker/tracking/server/)
 
 NEW_USER_PASSWORD_ENV = "PRUNE_TRACKER_NEW_USER_PASSWORD"
 
@@ -39,12 +39,19 @@ NEW_USER_PASSWORD_ENV = "PRUNE_TRACKER_NEW_USER_PASSWORD"
 @click.option("--auth-cache-ttl", "--auth_cache_ttl", "auth_cache_ttl", type=click.IntRange(min=0), default=60,
               show_default=True, help="with --auth: seconds a checked password stays cached per worker (0: check "
                                       "every request, MLflow's default; each check costs ~0.1 s of CPU)")
+@click.option("--tls-cert", "--tls_cert", "tls_cert", default="", metavar="PEM",
+              help="serve HTTPS only, with this certificate (clients trust a private one with "
+                   "MLFLOW_TRACKING_SERVER_CERT_PATH); needs --tls-key")
+@click.option("--tls-key", "--tls_key", "tls_key", default="", metavar="PEM", help="the certificate's private key")
+@click.option("--insecure", is_flag=True, default=False,
+              help="allow a non-loopback --host without --auth (anyone reaching the port reads and writes everything)")
 @click.option("--check", "check_uri", default="", metavar="URI",
               help="only print a running server's health, version, backend kind and whether auth is on")
 @handle_errors
 def server(root: str, check_uri: str, **kw: Any) -> None:
-    """MLflow tracking server on PostgreSQL with proxied artifacts (and basic-auth with --auth); runs until
-    Ctrl-C or SIGTERM, then stops the server and the PostgreSQL cluster it started."""
+    """MLflow tracking server on PostgreSQL with proxied artifacts (basic-auth with --auth, HTTPS with --tls-cert and
+    --tls-key), its files private (umask 077); runs until Ctrl-C or SIGTERM, then stops the server and the
+    PostgreSQL cluster it started."""
     from prune_tracker.tracking import server as team
 
     if check_uri:
@@ -53,12 +60,13 @@ def server(root: str, check_uri: str, **kw: Any) -> None:
         click.echo("\n".join(check.lines()))
         sys.exit(0 if check.ok else 1)
     kw["default_permission"] = kw["default_permission"].upper()
-    if kw["artifacts_destination"] and "://" not in kw["artifacts_destination"]:
-        kw["artifacts_destination"] = str(Path(kw["artifacts_destination"]).expanduser().resolve())
+    for name in ("artifacts_destination", "tls_cert", "tls_key"):
+        if kw[name] and "://" not in kw[name]:
+            kw[name] = str(Path(kw[name]).expanduser().resolve())
     config = team.ServerConfig(root=Path(root).expanduser().resolve() if root else team.default_root(), **kw)
-    if not config.auth and config.host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: serving on {config.host} without --auth: anyone reaching port {config.port} can "
-                   "read and write every experiment", err=True)
+    team.validate_config(config)  # every refusal before anything is created
+    if warning := team.exposure_warning(config):
+        click.echo(warning, err=True)
     sys.exit(team.serve(config, announce=lambda text: print(text + "  (Ctrl-C stops it)", flush=True)))
 
 
@@ -112,14 +120,15 @@ def users_grant(name: str, experiment: str, permission: str, uri: str) -> None:
               help="comma-separated experiments to check (default: every experiment)")
 @click.option("--stale-after", "--stale_after", "stale_after", default="15m", show_default=True,
               help="a run of another host (or without owner tags) whose last heartbeat is older is an orphan: "
-                   "90s, 15m, 2h, 1d, or off")
+                   "90s, 15m, 2h, 1d (at least 3 heartbeat intervals), or off")
 @click.option("--dry-run", "--dry_run", "dry_run", is_flag=True, help="only list the orphan runs")
 @handle_errors
 def gc(experiment_names: str, stale_after: str, dry_run: bool) -> None:
-    """Mark orphan runs KILLED: RUNNING runs whose process is gone (this host) or silent for --stale-after."""
-    from prune_tracker.tracking.gc import mark_orphans_killed, parse_duration
+    """Mark orphan runs KILLED: RUNNING runs whose process is gone (seen from here) or silent for --stale-after, and
+    SCHEDULED runs whose study's process is gone or whose study run ended."""
+    from prune_tracker.tracking.gc import mark_orphans_killed, stale_after_seconds
 
-    seconds = parse_duration(stale_after)  # a bad value fails before any server call
+    seconds = stale_after_seconds(stale_after)  # a bad value fails before any server call
     orphans = mark_orphans_killed(split_list(experiment_names) or None, seconds, dry_run=dry_run)
     verb = "orphan (dry run, not marked)" if dry_run else "marked KILLED"
     for orphan in orphans:

@@ -26,6 +26,7 @@ from prune_tracker.cli.options import (
     stack,
     train_config,
     train_options,
+    trust_pickle_option,
     zero_init_option,
 )
 
@@ -50,6 +51,7 @@ from prune_tracker.cli.options import (
 @zero_init_option
 @seed_option("training, pruning and fine-tuning")
 @data_options(train_subset_default=0, val_size_default=2000)
+@trust_pickle_option
 @handle_errors
 def main_pipeline(**kw: Any) -> None:
     """The whole study: train, prune with each method at each ratio, fine-tune, (dense-small baselines,) evaluate,
@@ -143,6 +145,7 @@ def _prune_base(model_uri: str, kw: dict[str, Any]):
 @executor_options
 @data_options(inherit=True)
 @click.pass_context
+@trust_pickle_option
 @handle_errors
 def sweep(ctx: click.Context, **kw: Any) -> None:
     """Prune one base model with methods x ratios (or target_bytes) x seeds x recipe options (extra `--name a,b`:
@@ -173,6 +176,7 @@ def sweep(ctx: click.Context, **kw: Any) -> None:
 @executor_options
 @data_options(inherit=True)
 @click.pass_context
+@trust_pickle_option
 @handle_errors
 def search(ctx: click.Context, **kw: Any) -> None:
     """Optuna search for the most accurate model (validation) within a footprint budget: chooses the method, the

@@ -13,12 +13,37 @@ budget?" (Blalock et al. 2020; Liu et al. 2019).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
+from typing import Any
 
 from prune_tracker.core.dense_small import DEFAULT_TARGET_METRIC, DenseSmall, size_dense_small
 from prune_tracker.core.frontier import DENSE_SMALL
+from prune_tracker.core.models import width_archs
 from prune_tracker.core.training import TrainConfig
 from prune_tracker.jobs import DataSpec, RunSpec, TrainSpec, train
+
+
+def check_baseline_base(model_uri: str, base_run_id: str | None) -> None:
+    """Dense-small baselines are sized by the base run's architecture (which must take a width multiplier) and
+    trained with its recipe and split: ValueError (one line) before any trial runs when the base has neither."""
+    from prune_tracker import tracking
+
+    if base_run_id is None:
+        raise ValueError(f"baselines=true trains dense-small models with the base run's recipe and split, and "
+                         f"model_uri={model_uri!r} is a file without a run; log it first (prune-tracker train) or "
+                         "set baselines=false")
+    arch = tracking.run_params(base_run_id).get("arch", "")
+    if arch not in width_archs():
+        raise ValueError(f"baselines=true needs a base whose arch takes a width multiplier ({', '.join(width_archs())})"
+                         f"; {model_uri!r} is arch {arch or 'unknown'!r}: set baselines=false")
+
+
+def baseline_identity(sized: DenseSmall, epochs: float, data: DataSpec, config: TrainConfig,
+                      precisions: Sequence[str], base_run_id: str | None) -> dict[str, Any]:
+    """Every parameter that decides a dense-small baseline's run (`main`'s baseline steps and the sweep's hash it
+    into their `reuse_key`, so either reuses the other's)."""
+    return {"arch": sized.arch, **data.logged(), **asdict(replace(config, epochs=epochs, width=sized.width)),
+            "precisions": list(precisions), "baseline": DENSE_SMALL, "base_run_id": base_run_id or ""}
 
 
 def size_for_pruned_run(run_id: str, metrics: Mapping[str, float], base_epochs: float, finetune_epochs: float,

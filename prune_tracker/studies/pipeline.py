@@ -2,10 +2,9 @@
 each prune run), optionally train a dense-small baseline at each pruned model's bytes and training budget
 (`baselines`), all of it once per seed (`seeds`), then evaluate, compare (averaged over seeds when there are
 several), register and report. Each step is its own MLflow run, nested under the pipeline run.
-Train, evaluate and prune steps that already FINISHED with the same parameters are
-reused (matched by the tag `pipeline_step_key`, a hash of the step's parameters and of the code's identity:
-the git commit, plus a hash of the package's sources when they have uncommitted changes); compare and report
-always run again, since they read whatever the experiment holds now."""
+Train, evaluate, prune and baseline steps that already FINISHED with the same `reuse_key` (tracking/identity.py:
+the code's identity, every model the step starts from by content, the data and every parameter) are reused;
+compare and report always run again, since they read whatever the experiment holds now."""
 
 from __future__ import annotations
 
@@ -16,8 +15,8 @@ from typing import Any
 
 from prune_tracker import tracking
 from prune_tracker.core.budget import check_budget, parse_budget
-from prune_tracker.core.frontier import DENSE_SMALL, resolve_footprint
-from prune_tracker.core.models import build_model
+from prune_tracker.core.frontier import resolve_footprint
+from prune_tracker.core.models import build_model, width_archs
 from prune_tracker.core.pruning import get_method, validate_ratio
 from prune_tracker.core.quant import PRECISIONS
 from prune_tracker.core.seeds import parse_seeds
@@ -34,9 +33,8 @@ from prune_tracker.jobs import (
     train,
 )
 from prune_tracker.jobs.runs import start_run
-from prune_tracker.tracking.identity import code_identity, reuse_key
+from prune_tracker.tracking.identity import REUSE_KEY_TAG, code_identity, finished_run_with_key, reuse_key
 
-STEP_KEY_TAG = "pipeline_step_key"
 SELECTION_METRIC = "val_accuracy"  # the champion is chosen on validation; test accuracy is reported beside it
 
 
@@ -93,6 +91,9 @@ class PipelineConfig:
             raise ValueError("methods and ratios must each name at least one value")
         self.train.validate()
         check_budget(self.budget)
+        if self.baselines and self.arch not in width_archs():
+            raise ValueError(f"baselines=true needs an arch that takes a width multiplier ({', '.join(width_archs())})"
+                             f"; arch={self.arch!r} does not: set baselines=false or choose one of those")
 
 
 @dataclass
@@ -115,14 +116,14 @@ class _Steps:
     def run(self, name: str, stage: str, params: dict[str, Any], action: Callable[[RunSpec], str],
             reuse: bool = True) -> str | None:
         key = reuse_key(stage, params)
-        if reuse and (previous := tracking.finished_run_with_tag(self.experiment_id, STEP_KEY_TAG, key)):
+        if reuse and (previous := finished_run_with_key(self.experiment_id, key)):
             print(f"[main] {name}: reusing finished run {previous}", flush=True)
             self.result.steps[name] = previous
             self.result.reused.append(name)
             return previous
         print(f"[main] {name}: running", flush=True)
         options = replace(self.base_options, nested=True, run_name=name,
-                          extra_tags={STEP_KEY_TAG: key, "pipeline_step": name})
+                          extra_tags={REUSE_KEY_TAG: key, "pipeline_step": name})
         try:
             run_id = action(options)
         except Exception as err:  # noqa: BLE001 - a failed step is reported, the others go on
@@ -137,6 +138,8 @@ class _Steps:
 
 def run_pipeline(config: PipelineConfig) -> PipelineResult:
     config.validate()
+    if config.recovery.teacher_uri:  # the one model main does not train itself: it must load, before any step
+        tracking.load_model(config.recovery.teacher_uri)
     run_options = RunSpec(config.experiment_name, config.device, config.progress, precisions=config.precisions)
     seeds = config.seed_list()
     with tracking.tracked_run("pipeline", config.experiment_name, "main",
@@ -215,7 +218,7 @@ def _baseline_steps(config: PipelineConfig, steps: _Steps, result: PipelineResul
     epochs + fine-tuning epochs + the method's own retraining); prune steps whose baseline comes out the same
     (arch, width, epochs) share one baseline run."""
     from prune_tracker.core.dense_small import DenseSmall
-    from prune_tracker.studies.baselines import dense_small_baseline, size_for_pruned_run
+    from prune_tracker.studies.baselines import baseline_identity, dense_small_baseline, size_for_pruned_run
 
     metric = baseline_target_metric(config.footprint)
     num_classes = int(float(tracking.run_params(base).get("num_classes", 10)))
@@ -232,12 +235,9 @@ def _baseline_steps(config: PipelineConfig, steps: _Steps, result: PipelineResul
             print(f"[main] {name}: FAILED: {result.failed[name]}", flush=True)
             continue
         planned.setdefault((sized.arch, sized.width, epochs), sized)
-    common = {**config.data.logged(), "precisions": list(config.precisions), "baseline": DENSE_SMALL,
-              "base_run_id": base}
     for (arch, width, epochs), sized in planned.items():
-        recipe = replace(config.train, epochs=epochs, width=width)
-        steps.run(f"baseline-{arch}-w{width:g}-{epochs:g}ep{suffix}", "train", {**common, "arch": arch,
-                                                                                 **asdict(recipe)},
+        steps.run(f"baseline-{arch}-w{width:g}-{epochs:g}ep{suffix}", "train",
+                  baseline_identity(sized, epochs, config.data, config.train, config.precisions, base),
                   lambda opts, s=sized, e=epochs: dense_small_baseline(
                       s.target_bytes, e, config.data, config.train, opts, num_classes=num_classes, base_run_id=base,
                       sized=s)[0])

@@ -43,6 +43,7 @@ from prune_tracker.studies.sweep import (
     tag_failures,
 )
 from prune_tracker.tracking import trials as trial_runs
+from prune_tracker.tracking.models import is_local_file
 
 SELECTION_METRIC = "val_accuracy"  # chosen on validation; test accuracy is reported, never used to select
 TARGET_PRECISIONS = (FP16, "int8", "int4")  # precisions whose bytes a trial's ratio search can fit to the budget
@@ -63,8 +64,7 @@ def import_optuna():
 
 def base_fp32_bytes(model_uri: str | None) -> float | None:
     """The dense fp32 weights (`footprint_fp32_bytes`) of the run a base model URI names; None without one."""
-    identity = trial_runs.model_identity(model_uri) if model_uri else ""
-    run_id = identity[len("run:"):].split("/")[0] if identity.startswith("run:") else None
+    run_id = tracking.resolve_run_id(model_uri) if model_uri and not is_local_file(model_uri) else None
     return tracking.run_metrics(run_id).get("footprint_fp32_bytes") if run_id else None
 
 
@@ -140,7 +140,7 @@ class SearchConfig:
             for value in values:
                 self.base.recipe.with_overrides({name: value}).validate()
         option_axes_for(self.methods, self.option_space)
-        trial_runs.model_identity(self.base.model_uri)
+        self.base.check_model([])  # the base model loads (a foreign one only with the pickle opt-in) and is fp32
         if not self.targets:
             raise ValueError(f"footprint={self.footprint!r} has no counterpart for precisions "
                              f"{', '.join(TARGET_PRECISIONS)}; use footprint_best_bytes")

@@ -1,18 +1,22 @@
 """Small MLflow calls for the stage runs that log tables, figures and documents (compare, report), so those
-modules need no MLflow import of their own."""
+modules need no MLflow import of their own; and a run's training checkpoint (written and read with
+`weights_only=True`)."""
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import torch
 from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 
 from prune_tracker.tracking.errors import artifact_writes
+from prune_tracker.tracking.runs import tracked_run
 
 
 @contextlib.contextmanager
@@ -24,8 +28,6 @@ def stage_run(stage: str, experiment_name: str, tags: dict[str, str] | None = No
         mlflow.set_tags({"stage": stage, **(tags or {})})
         yield active
         return
-    from prune_tracker.tracking import tracked_run  # the package imports this module: resolve at call time
-
     with tracked_run(stage, experiment_name, run_name=stage, tags=tags) as run:
         yield run
 
@@ -67,3 +69,31 @@ def load_dict(run_id: str, artifact_file: str) -> dict[str, Any] | None:
     except (MlflowException, OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def download_artifact(run_id: str, artifact_path: str, dst: Path) -> Path | None:
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst))
+        )
+    except (MlflowException, OSError):
+        return None
+
+
+def log_checkpoint(state: dict[str, Any], name: str = "checkpoint/last.pt") -> None:
+    with artifact_writes(name), tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(name).name
+        torch.save(state, path)
+        mlflow.log_artifact(str(path), str(Path(name).parent))
+
+
+def load_checkpoint(run_id: str, name: str = "checkpoint/last.pt") -> dict[str, Any] | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = download_artifact(run_id, name, Path(tmp))
+        if path is None:
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises several types for a torn file
+            raise ValueError(f"{name} of run {run_id} cannot be read ({str(err).splitlines()[0][:200]}): it was "
+                             "probably cut short by a kill while it was written; train a new run") from None

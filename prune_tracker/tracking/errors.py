@@ -42,3 +42,7 @@ def artifact_writes(what: str) -> Iterator[None]:
         run = mlflow.active_run()
         where = f"run {run.info.run_id} to {run.info.artifact_uri}" if run else "the active run"
         raise ArtifactWriteError(f"cannot write artifact {what!r} of {where}: {_reason(err)}") from err
+
+
+class ModelLoadError(ValueError):
+    """A model URI or file could not be resolved or does not fit its architecture."""

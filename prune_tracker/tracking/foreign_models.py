@@ -1,9 +1,11 @@
 """Models logged by another tool (an `mlflow.pytorch` model of any `nn.Module`), and the input shape a logged model
 declares in its MLflow signature.
 
-A foreign model can only be unpickled (`mlflow.pytorch.load_model`): trusted as far as the tracking server is. Its
-downloaded copy is kept for the life of the process, so the code MLflow logged with it (`code_paths`, put on
-`sys.path` by the load) stays importable and can be logged again with the pruned model. A pruned foreign model is
+A foreign model can only be unpickled (`mlflow.pytorch.load_model`), which runs whatever code its pickle names: it
+is loaded only with an explicit opt-in (`--trust-pickle`, `-P trust_pickle=true`, or PRUNE_TRACKER_TRUST_PICKLE=1 for
+a whole team), checked here, at the one place that unpickles. Its downloaded copy is kept for the life of the
+process, so the code MLflow logged with it (`code_paths`, put on `sys.path` by the load) stays importable and can be
+logged again with the pruned model. A pruned foreign model is
 logged the same way (pickle + its code) plus `model_spec/` (widths for the record, `foreign:` arch, the state_dict);
 loading it unpickles the module and then loads that state_dict into it (weights_only).
 """
@@ -11,9 +13,12 @@ loading it unpickles the module and then loads that state_dict into it (weights_
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +28,46 @@ from mlflow.exceptions import MlflowException
 from torch import nn
 
 from prune_tracker.core.models.foreign import foreign_arch
+from prune_tracker.tracking.errors import ModelLoadError
 
+TRUST_PICKLE_ENV = "PRUNE_TRACKER_TRUST_PICKLE"
+TRUST_PICKLE_OPT_IN = f"--trust-pickle (MLproject: -P trust_pickle=true) or {TRUST_PICKLE_ENV}=1"
+_TRUE = ("1", "true", "yes", "on")
 _KEEP: list[Path] = []
+
+
+class PickleRefused(ModelLoadError):
+    """A model would have to be unpickled and nobody opted in."""
+
+
+def pickle_trusted() -> bool:
+    """Whether this process may unpickle models: PRUNE_TRACKER_TRUST_PICKLE is 1/true/yes/on."""
+    return os.environ.get(TRUST_PICKLE_ENV, "").strip().lower() in _TRUE
+
+
+@contextlib.contextmanager
+def trusting_pickle(trust: bool) -> Iterator[None]:
+    """With `trust`: PRUNE_TRACKER_TRUST_PICKLE=1 for the block (and the processes it starts: `mlflow run`
+    children, Ray trials); without: the environment's own setting applies."""
+    if not trust:
+        yield
+        return
+    previous = os.environ.get(TRUST_PICKLE_ENV)
+    os.environ[TRUST_PICKLE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(TRUST_PICKLE_ENV, None)
+        else:
+            os.environ[TRUST_PICKLE_ENV] = previous
+
+
+def require_pickle_trust(model_uri: str, what: str) -> None:
+    """PickleRefused (one line naming the opt-in) unless unpickling is trusted."""
+    if not pickle_trusted():
+        raise PickleRefused(f"{model_uri!r} {what}: loading it unpickles, which runs any code its author put in it; "
+                            f"refused without an opt-in: {TRUST_PICKLE_OPT_IN}")
 
 
 def _process_dir() -> Path:
@@ -35,8 +78,10 @@ def _process_dir() -> Path:
     return Path(tempfile.mkdtemp(dir=_KEEP[0]))
 
 
-def load_pickled(model_uri: str) -> tuple[nn.Module, list[str]]:
-    """Unpickle an `mlflow.pytorch` model; returns it (CPU, eval) and the code paths logged with it."""
+def load_pickled(model_uri: str, what: str) -> tuple[nn.Module, list[str]]:
+    """Unpickle an `mlflow.pytorch` model (`what` it is, for the refusal) when trusted; returns it (CPU, eval) and
+    the code paths logged with it."""
+    require_pickle_trust(model_uri, what)
     folder = _process_dir()
     try:
         model = mlflow.pytorch.load_model(model_uri, dst_path=str(folder), map_location="cpu")

@@ -1,10 +1,15 @@
 """Who owns a run: the process that logs it, recorded as tags when the run starts, and a heartbeat tag it renews
 while the run is open. `gc` (tracking/gc.py) reads them to tell a live run from an orphan whose process is gone.
 
-Tags (all strings): ``owner_host`` (hostname), ``owner_boot_id`` (Linux: changes on every boot), ``owner_pid``,
+Tags (all strings): ``owner_host`` (hostname), ``owner_boot_id`` (Linux: changes on every boot), ``owner_pid_ns``
+(the PID namespace, e.g. ``pid:[4026531836]``: containers sharing a kernel have their own), ``owner_pid``,
 ``owner_start_ticks`` (the process start time in clock ticks since boot, from /proc: a pid reused by a new
 process has another), ``heartbeat`` (UTC time, ISO 8601, renewed every ``PRUNE_TRACKER_HEARTBEAT_SECONDS``,
-default 60)."""
+default 60).
+
+A process can judge an owner by its pid only when it sees the same pids: same host name, same boot, same PID
+namespace. Anything else (another machine, a container with its own PID namespace, a host that rebooted, or one
+of several machines sharing a host name) is judged by its heartbeat alone."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 OWNER_HOST, OWNER_BOOT_ID, OWNER_PID, OWNER_START = "owner_host", "owner_boot_id", "owner_pid", "owner_start_ticks"
+OWNER_PID_NS = "owner_pid_ns"
 HEARTBEAT = "heartbeat"
 HEARTBEAT_ENV = "PRUNE_TRACKER_HEARTBEAT_SECONDS"
 DEFAULT_HEARTBEAT_SECONDS = 60.0
@@ -30,6 +36,14 @@ def boot_id() -> str:
     """This boot of this machine (Linux), '' elsewhere."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def pid_namespace() -> str:
+    """This process's PID namespace (Linux: `pid:[<inode>]`), '' where /proc does not tell."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
     except OSError:
         return ""
 
@@ -64,8 +78,8 @@ def parse_iso(text: str) -> float | None:
 def owner_tags() -> dict[str, str]:
     """The tags naming this process as the owner of a run, with a first heartbeat."""
     pid = os.getpid()
-    return {OWNER_HOST: socket.gethostname(), OWNER_BOOT_ID: boot_id(), OWNER_PID: str(pid),
-            OWNER_START: start_ticks(pid), HEARTBEAT: now_iso()}
+    return {OWNER_HOST: socket.gethostname(), OWNER_BOOT_ID: boot_id(), OWNER_PID_NS: pid_namespace(),
+            OWNER_PID: str(pid), OWNER_START: start_ticks(pid), HEARTBEAT: now_iso()}
 
 
 @dataclass(frozen=True)
@@ -74,23 +88,24 @@ class Owner:
     boot_id: str
     pid: int
     start_ticks: str
+    pid_ns: str = ""
 
     @classmethod
     def from_tags(cls, tags: dict[str, str]) -> Owner | None:
         try:
-            return cls(tags[OWNER_HOST], tags.get(OWNER_BOOT_ID, ""), int(tags[OWNER_PID]), tags.get(OWNER_START, ""))
+            return cls(tags[OWNER_HOST], tags.get(OWNER_BOOT_ID, ""), int(tags[OWNER_PID]), tags.get(OWNER_START, ""),
+                       tags.get(OWNER_PID_NS, ""))
         except (KeyError, ValueError):
             return None
 
-    def on_this_host(self) -> bool:
-        return self.host == socket.gethostname()
+    def sees_same_pids(self) -> bool:
+        """Whether this process sees the owner's pids: same host name, same boot, same PID namespace (all known)."""
+        here = (socket.gethostname(), boot_id(), pid_namespace())
+        return all(here) and (self.host, self.boot_id, self.pid_ns) == here
 
     def gone_reason(self) -> str | None:
-        """Why the owner process no longer exists on this host (call only when `on_this_host`), None when it is
-        alive: the host rebooted, no process has the pid, it is a zombie, or the pid belongs to a newer process."""
-        here = boot_id()
-        if self.boot_id and here and self.boot_id != here:
-            return f"host {self.host} rebooted since the run started (owner pid {self.pid})"
+        """Why the owner process no longer exists (call only when `sees_same_pids`), None when it is alive: no
+        process has the pid, it is a zombie, or the pid belongs to a newer process."""
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:

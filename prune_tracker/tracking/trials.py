@@ -1,14 +1,13 @@
-"""MLflow calls of sweeps and searches (prune_tracker/sweep.py, search.py): trial runs created SCHEDULED under the
-study's run before any trial starts, their final status, and the client settings a trial in another process (a
-Ray worker) needs to reach the same tracking server."""
+"""MLflow calls of sweeps and searches (studies/sweep.py, search.py): trial runs created SCHEDULED under the
+study's run before any trial starts (owned by the study's process until a trial reopens them), their final status,
+an attempt lost with its worker, and the client settings a trial in another process (a Ray worker) needs to reach
+the same tracking server."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -16,16 +15,20 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from prune_tracker.tracking import owner
+from prune_tracker.tracking.foreign_models import TRUST_PICKLE_ENV
+
 SCHEDULED = RunStatus.to_string(RunStatus.SCHEDULED)
 UNFINISHED = (SCHEDULED, RunStatus.to_string(RunStatus.RUNNING))
 ERROR_TAG = "error"
+LOST_ATTEMPT_TAG = "lost_attempt_{}"  # per attempt: why its worker was lost (the retry then reopens the run)
 
 # What a client needs to reach the tracking server (and, without proxied artifacts, the artifact store). A Ray
 # worker of an existing cluster does not inherit the driver's environment, so a trial task carries these.
 CLIENT_ENV_PREFIXES = ("MLFLOW_TRACKING_", "MLFLOW_S3_", "MLFLOW_HTTP_REQUEST_", "MLFLOW_GCS_", "AZURE_STORAGE_")
 CLIENT_ENV_NAMES = ("MLFLOW_DISABLE_TELEMETRY", "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD", "AWS_ACCESS_KEY_ID",
                     "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "PRUNE_TRACKER_CACHE",
-                    "PRUNE_TRACKER_HEARTBEAT_SECONDS")
+                    "PRUNE_TRACKER_HEARTBEAT_SECONDS", TRUST_PICKLE_ENV)
 
 
 def client_environment() -> dict[str, str]:
@@ -38,25 +41,12 @@ def client_environment() -> dict[str, str]:
 
 def apply_client_environment(env: Mapping[str, str]) -> None:
     """Set what :func:`client_environment` captured, in this process (a trial task does this first); a run id or
-    experiment id left in the environment by `mlflow run` is dropped: the trial reopens its own run."""
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    experiment id left in the environment by `mlflow run` is dropped: the trial reopens its own run. The pickle
+    opt-in is the study's, not one left in a reused worker by an earlier study."""
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", TRUST_PICKLE_ENV):
         os.environ.pop(name, None)
     os.environ.update(env)
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-
-
-def model_identity(model_uri: str) -> str:
-    """What a model URI names, for a trial's key: `run:<run id>/<artifact>` behind runs:/, models:/ (an alias as it
-    points now) and logged-model URIs, or `file:<sha256>` of a local file. An unknown model is a one-line error."""
-    from prune_tracker.tracking import ModelLoadError, resolve_model_location
-
-    path = Path(model_uri).expanduser()
-    if "://" not in model_uri and not model_uri.startswith("models:/") and (path.exists() or path.suffix == ".pt"):
-        if not path.is_file():
-            raise ModelLoadError(f"model file {model_uri!r} does not exist")
-        return "file:" + hashlib.sha256(path.read_bytes()).hexdigest()[:24]
-    run_id, artifact = resolve_model_location(model_uri)
-    return f"run:{run_id}/{artifact}"
 
 
 def experiment_name(experiment_id: str) -> str:
@@ -64,10 +54,12 @@ def experiment_name(experiment_id: str) -> str:
 
 
 def schedule_run(experiment_id: str, parent_run_id: str, name: str, tags: Mapping[str, str]) -> str:
-    """A run nested under `parent_run_id`, in status SCHEDULED until its trial reopens it."""
+    """A run nested under `parent_run_id`, in status SCHEDULED until its trial reopens it. Its owner is this process
+    (the study's) until then, so `gc` collects it when the study's process dies before starting it."""
     client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=name,
-                            tags={**tags, MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name})
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, **owner.owner_tags(),
+                                                                MLFLOW_PARENT_RUN_ID: parent_run_id,
+                                                                MLFLOW_RUN_NAME: name})
     client.update_run(run.info.run_id, status=SCHEDULED)
     return run.info.run_id
 
@@ -85,6 +77,20 @@ def mark_failed(run_id: str, error: str, tags: Mapping[str, str] | None = None) 
         client.set_tag(run_id, key, value)
     if client.get_run(run_id).info.status in UNFINISHED:
         client.set_terminated(run_id, "FAILED")
+
+
+def end_lost_attempt(run_id: str, attempt: int, reason: str) -> str:
+    """The worker running attempt `attempt` of a trial was lost (Ray reported its worker or node dead): end the run
+    KILLED if that attempt left it RUNNING or SCHEDULED (nobody else will: its owner is gone, yet on another node
+    its heartbeat still looks fresh), tagged with the reason, so the retry can reopen it. Returns the run's status
+    now (FINISHED when the attempt had completed before its worker went)."""
+    client = MlflowClient()
+    status = client.get_run(run_id).info.status
+    client.set_tag(run_id, LOST_ATTEMPT_TAG.format(attempt), reason[:5000] or "lost")
+    if status in UNFINISHED:
+        client.set_terminated(run_id, "KILLED")
+        return "KILLED"
+    return status
 
 
 def set_run_tags(run_id: str, tags: Mapping[str, str]) -> None:
@@ -111,11 +117,3 @@ def run_ids_filter(run_ids: Iterable[str]) -> str:
     if not ids:
         raise ValueError("no runs to filter on")
     return "attributes.run_id IN (" + ", ".join(f"'{i}'" for i in ids) + ")"
-
-
-def finished_run_with_tags(experiment_id: str, tags: Mapping[str, str]) -> str | None:
-    """The newest FINISHED run of the experiment carrying all of `tags` (exact values), or None."""
-    conditions = [f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'FINISHED'"]
-    runs = MlflowClient().search_runs([experiment_id], " and ".join(conditions), max_results=1,
-                                      order_by=["attributes.start_time DESC"])
-    return runs[0].info.run_id if runs else None
