@@ -452,9 +452,9 @@ def table(parent: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [f"Parent: {parent['spec']['arch']}, val {100 * base['val_accuracy']:.2f} / test "
              f"{100 * base['test_accuracy']:.2f} (fp32), int8 test {100 * base.get('test_accuracy_int8', 0):.2f}; "
              f"dense fp32 weights {base['footprint_fp32_bytes']:.0f} B.", "",
-             "| target | recipe | chosen on val | kind | seeds | bytes | x smaller | val acc | test acc | "
-             "drop vs parent (pt) | drop vs dense+budget (pt) | ORT int8 test | .onnx bytes | where |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| target | recipe | chosen on val | kind | seeds | fine-tuning epochs | bytes | x smaller | val acc | "
+             "test acc | drop vs parent (pt) | drop vs dense+budget (pt) | ORT int8 test | .onnx bytes | where |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for target in TARGETS:
         at_target = [r for r in rows if r["target"] == target]
         pruned = {}
@@ -470,6 +470,10 @@ def table(parent: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 if group:
                     lines.append(row_line(target, recipe, recipe == chosen and kind == "pruned", kind, group, base,
                                           control_test))
+    deployed = sorted({f"{r['ort']['where']}, onnxruntime {r['ort']['onnxruntime']}" for r in rows if "ort" in r})
+    if deployed:
+        lines += ["", f"ORT int8 columns: measured by `deploy` on {'; '.join(deployed)} (the rows' test split, TTA as "
+                      "the row); an int4 row's ORT figure is its weights in int8 (ONNX Runtime has no int4 kernels)."]
     return "\n".join(lines)
 
 
@@ -486,7 +490,8 @@ def row_line(target: str, recipe: str, chosen: bool, kind: str, group: list[dict
     if kind == "dense_small":
         label += f" w{group[0]['width']:g}"
     return (f"| {target} | {recipe} | {'**yes**' if chosen else ''} | {label} | "
-            f"{','.join(str(r['seed']) for r in group)} | {statistics.fmean(r['bytes'] for r in group):,.0f} | "
+            f"{','.join(str(r['seed']) for r in group)} | {group[0]['epochs']:g} | "
+            f"{statistics.fmean(r['bytes'] for r in group):,.0f} | "
             f"{statistics.fmean(r['x_smaller'] for r in group):.2f} | {fmt(val)} | {fmt(test)} | {drop:+.2f} | "
             f"{versus} | {fmt(ort)} | {f'{statistics.fmean(onnx):,.0f}' if onnx else '-'} | {group[0]['where']} |")
 
@@ -511,7 +516,7 @@ def figure(parent: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> Non
         test = [100 * accuracy_at(r, "test") for r in group]
         mean, std = mean_std(test)
         ax.errorbar([statistics.fmean(r["bytes"] for r in group)], [mean], yerr=[std or 0.0], fmt=marker,
-                    capsize=3, label=f"{label}: {target} {recipe}")
+                    capsize=3, label=f"{label}: {target} {recipe}, {group[0]['epochs']:g} ep")
     ax.set_xscale("log")
     ax.set_xlabel("bytes of the deployable weights (int8 / int4; parent: fp32)")
     ax.set_ylabel("test accuracy (%)")

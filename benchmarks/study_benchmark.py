@@ -79,9 +79,8 @@ def one_seed(args: argparse.Namespace, seed: int, factors: list[float]) -> list[
         pruned_seconds = time.perf_counter() - started
         sized = size_dense_small(target, args.target_metric, args.baseline_archs.split(","), num_classes)
         started = time.perf_counter()
-        dense, _ = dense_small_baseline(target, args.epochs + args.finetune_epochs, data_options(args),
-                                        base_recipe(args, seed), run_options(args), num_classes=num_classes,
-                                        base_run_id=base, sized=sized)
+        dense, _ = dense_small_baseline(sized, args.epochs + args.finetune_epochs, data_options(args),
+                                        base_recipe(args, seed), run_options(args), base_run_id=base)
         p, d = tracking.run_metrics(pruned), tracking.run_metrics(dense)
         rows.append({"seed": seed, "factor": factor, "target": target, "pruned_run": pruned, "dense_run": dense,
                      "pruned_bytes": p[args.target_metric], "ratio": p.get("searched_ratio"),

@@ -35,8 +35,8 @@ os.environ["PRUNE_TRACKER_SYNTHETIC_TEST"] = "400"
 for _dir in ("home", "matplotlib", "ray"):
     (_SESSION_DIR / _dir).mkdir()
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from conftest import ...` after the chdir
-os.chdir(_SESSION_DIR)
 
+import interrupts  # noqa: E402
 from mlflow_server import mlflow_server  # noqa: E402,F401  (session-wide real server, started on demand)
 from pg_server import team_server  # noqa: E402,F401  (PostgreSQL + basic-auth team server, started on demand)
 
@@ -46,6 +46,18 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC_DATA = {"dataset": "synthetic", "train_subset": "1000", "val_size": "200", "split_seed": "0"}
 QUICK_TRAIN = {**SYNTHETIC_DATA, "arch": "resnet20", "epochs": "3", "batch_size": "64", "lr": "0.1",
                "ema_decay": "0.9", "device": "cpu"}
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency that `make test` installs; missing, the test fails in one line saying what to
+    install (never a silent skip)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pytest.fail(f"{module} is not installed: pip install -e '.[{extra}]' (make test installs the {extra} extra)",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -86,6 +98,15 @@ def _isolated_mlflow_state(monkeypatch):
     fluent._active_experiment_id = None
 
 
+def pytest_configure(config) -> None:
+    """Tests run inside the session directory. Not pytest-xdist's controller: its workers start in its working
+    directory and must find the test paths there (each worker is a session of its own, with its own directory)."""
+    if not config.getoption("numprocesses", None) or hasattr(config, "workerinput"):
+        os.chdir(_SESSION_DIR)
+    interrupts.install()  # SIGTERM tears the fixtures down as Ctrl-C does (servers stopped)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
 def pytest_collection_modifyitems(config, items) -> None:
     """pytest-xdist (`--dist loadgroup`): a module's tests stay on one worker (module fixtures train once) unless
     the module names its own group (the server modules share one: their servers start once)."""

@@ -133,6 +133,11 @@ def test_local_state_dict_file_evaluates(tmp_path, trained_uri):
     torch.save(loaded.model.state_dict(), path)
     result = invoke("evaluate", "--model-uri", str(path), "--arch", "resnet20", *QUICK, "--experiment-name", "cli")
     assert result.exit_code == 0, result.output
+    run = MlflowClient().get_run(run_id_of(result.output, "evaluate"))
+    trained = MlflowClient().get_run(tracking.resolve_run_id(trained_uri))
+    # the file's weights, on the same split and TTA: the trained run's own test accuracy, to the last image
+    assert run.data.metrics["test_accuracy"] == pytest.approx(trained.data.metrics["test_accuracy"], abs=1e-6)
+    assert run.data.tags["stage"] == "evaluate"
 
 
 def test_footprint_command_prints_a_table_and_json(trained_uri):
@@ -356,3 +361,11 @@ def test_rewind_without_a_train_run_and_stage_scope_without_stages(tmp_path, tra
                                      "--scope", "stage", "--precisions", "", *QUICK, "--experiment-name", "recipes"])
     assert_one_line_error(stage, "use scope=block")
     assert not running_runs()
+
+
+def test_every_command_has_one_line_of_help():
+    from prune_tracker.cli import SHORT_HELP
+
+    assert set(SHORT_HELP) == set(cli.commands), "a command without its line in `prune-tracker --help`"
+    listing = CliRunner().invoke(cli, ["--help"]).output
+    assert all(line in listing for line in SHORT_HELP.values()) and "..." not in listing.split("Commands:")[1]

@@ -323,7 +323,7 @@ def _study_dir(tmp_path: Path, trained: nn.Module) -> Path:
                tmp_path / "parent.pt")
     rows = tmp_path / "rows"
     rows.mkdir()
-    row = {"kind": "pruned", "target": "10x-int8", "recipe": "rewind", "seed": 0, "name": "pruned-x", "tta": False,
+    row = {"kind": "pruned", "target": "10x-int8", "recipe": "rewind", "seed": 0, "epochs": 1.0, "name": "pruned-x", "tta": False,
            "precision": "int8", "bytes": 1e4, "x_smaller": 10.0, "where": "here",
            "metrics": {"val_accuracy_int8": 0.5, "test_accuracy_int8": 0.5}}
     (rows / "pruned-x.json").write_text(json.dumps(row))
@@ -361,10 +361,12 @@ def test_frontier_study_deploy_writes_each_rows_ort_figures(frontier_study, monk
     assert {"latency_ms_ort_int8", "latency_ms_ort_fp32", "latency_ms_torch_fp32_batch128"} <= set(ort)
     capsys.readouterr()
     _study(frontier_study, monkeypatch, "table", *args)
-    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| 10x-int8"))
-    cells = [c.strip() for c in line.split("|")]
-    assert cells[12] == f"{100 * ort['test_accuracy_ort_int8']:.2f} (n=1)"
-    assert cells[13] == f"{ort['file_ort_int8_bytes']:,.0f}"
+    printed = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in next(x for x in printed if x.startswith("| target")).split("|")]
+    cells = dict(zip(header, (c.strip() for c in next(x for x in printed if x.startswith("| 10x-int8")).split("|")),
+                     strict=True))
+    assert cells["ORT int8 test"] == f"{100 * ort['test_accuracy_ort_int8']:.2f} (n=1)"
+    assert cells[".onnx bytes"] == f"{ort['file_ort_int8_bytes']:,.0f}"
     _study(frontier_study, monkeypatch, "deploy", *args)  # measured rows are kept
     assert "already measured" in capsys.readouterr().out
     assert json.loads((folder / "rows" / "pruned-x.json").read_text())["ort"] == ort

@@ -80,3 +80,37 @@ def test_core_modules_import_no_mlflow() -> None:
     assert {"prune_tracker.core.pruning.lamp", "prune_tracker.core.footprint.formats",
             "prune_tracker.core.flows"} <= set(report["imported"])
     assert report["culprit"] is None, f"{report['culprit']} imports mlflow"
+
+
+# ---------------------------------------------------------------- the house: short functions, modules that fit
+
+
+MAX_PARAMETERS = 8  # a job takes a spec, not a list of its fields
+MAX_MODULE_LINES = 500
+LONG_MODULE_REASON = "Long module:"  # a module over the limit says why in its docstring, after this marker
+
+
+def _parameter_count(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    args = node.args
+    names = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+    count = len(names) + (args.vararg is not None) + (args.kwarg is not None)
+    return count - (bool(names) and names[0].arg in ("self", "cls"))
+
+
+def test_no_function_takes_more_than_eight_parameters():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _parameter_count(node) > MAX_PARAMETERS:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({_parameter_count(node)})")
+    assert not offenders, offenders
+
+
+def test_long_modules_say_why():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        source = path.read_text()
+        if len(source.splitlines()) > MAX_MODULE_LINES and LONG_MODULE_REASON not in (
+                ast.get_docstring(ast.parse(source)) or ""):
+            offenders.append(f"{path.relative_to(ROOT)} ({len(source.splitlines())} lines)")
+    assert not offenders, offenders

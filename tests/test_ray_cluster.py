@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, require
 from mlflow.tracking import MlflowClient
 
 from prune_tracker.core.training import TrainConfig
@@ -29,7 +29,7 @@ from prune_tracker.studies.executors import RAY_NODE_TAG
 from prune_tracker.studies.sweep import FINISHED, PruneBase, SweepConfig, run_sweep
 from prune_tracker.tracking.server import free_port
 
-ray = pytest.importorskip("ray")
+ray = require("ray", "ray")
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_thread")]
 EXPERIMENT = "ray-two-nodes"
 RAY = str(Path(sys.executable).parent / "ray")

@@ -519,6 +519,9 @@ def test_sigkill_mid_epoch_then_gc_then_resume_reaches_the_same_weights(on_serve
     assert marked.exit_code == 0 and f"marked KILLED: {run_id}" in marked.output, marked.output
     assert client.get_run(run_id).info.status == "KILLED"
     assert f"owner process {victim.pid}" in client.get_run(run_id).data.tags[gc.GC_REASON_TAG]
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    [live] = client.search_runs([exp_id], "attributes.run_name = 'straight'")
+    assert live.info.run_id not in marked.output and live.info.status != "KILLED", "gc ended the live run beside it"
 
     resumed_log = tmp_path / "resumed.log"
     resumed = start_cli([*common, "--resume-run-id", run_id], on_server, resumed_log)

@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
+from conftest import require
 from mlflow.tracking import MlflowClient
 
 from prune_tracker.cli import cli
@@ -16,7 +17,7 @@ from prune_tracker.jobs import DataSpec
 from prune_tracker.studies.search import SearchConfig, in_budget, parse_budget_bytes, run_search
 from prune_tracker.studies.sweep import PruneBase
 
-pytest.importorskip("optuna")
+require("optuna", "search")
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUICK = ["--dataset", "synthetic", "--train-subset", "1000", "--val-size", "200", "--device", "cpu", "--no-progress"]
 BUDGET = 60_000

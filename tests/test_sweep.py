@@ -18,7 +18,7 @@ import mlflow
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, require
 from mlflow.tracking import MlflowClient
 
 from prune_tracker import tracking
@@ -164,6 +164,14 @@ def test_every_grid_value_changes_the_trial_key_and_nothing_else_does():
                 TrialSpec("lamp", 0.5, overrides={"lr": 0.02})]
     keys = [key(v) for v in variants] + [key(one, PruneBase("runs:/x/model", DataSpec.inherited(split_seed=3)))]
     assert len(set(keys)) == len(keys) and key(one) not in keys
+    # the model and any teacher count by what they resolve to (content), not by their URI text; the code counts too
+    identity = one.identity(base)
+    assert reuse_key("prune", identity, code="fixed", resolve=lambda uri: "weights v2") != key(one)
+    with_teacher = TrialSpec("lamp", 0.5, overrides={"teacher_uri": "models:/teacher@champion", "distill_alpha": 0.5})
+    teacher_keys = {reuse_key("prune", with_teacher.identity(base), code="fixed",
+                              resolve=lambda uri, v=v: f"{uri} {v if 'teacher' in uri else ''}") for v in (1, 2)}
+    assert len(teacher_keys) == 2, "a teacher alias moved to other weights changes the key"
+    assert reuse_key("prune", identity, code="edited", resolve=lambda uri: f"content of {uri}") != key(one)
 
 
 def test_recipe_overrides_reach_the_prune_job_config():
@@ -297,7 +305,7 @@ def test_sweep_baselines_train_one_dense_small_per_size_with_the_total_budget(ba
 
 
 def test_ray_sweep_on_two_cpus(base_uri):
-    ray = pytest.importorskip("ray")
+    ray = require("ray", "ray")
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:

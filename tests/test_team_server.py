@@ -283,14 +283,26 @@ def test_the_script_equivalent_runs_auth_and_s3_artifacts_and_stops_everything(m
         subprocess.run(["rm", "-rf", str(root)], check=False)
 
 
-def test_a_start_that_fails_leaves_nothing_running():
-    """The server never gets healthy (timeout 0): its process group and the cluster it started are stopped."""
+def test_a_start_that_fails_leaves_nothing_running(monkeypatch):
+    """The server never answers its health check (the probe is made to fail) while its processes do run: after the
+    timeout its process group and the cluster it started are stopped, nothing of it survives."""
+    from prune_tracker.tracking.server import launch
+
     root = Path(tempfile.mkdtemp(prefix="prune-tracker-failed-server-"))
     root.chmod(0o711)
     config = team.ServerConfig(root=root, port=team.free_port(), pg_port=team.free_port(), workers=1)
+    seen_serving = []  # whether the mlflow server's processes existed while the health loop probed
+
+    def failing_probe(uri, context=None):
+        seen_serving.append(any(str(root) in " ".join(_cmdline(pid)) and "mlflow" in " ".join(_cmdline(pid))
+                                for pid in _pids()))
+        return False
+
+    monkeypatch.setattr(launch, "_healthy", failing_probe)
     try:
-        with pytest.raises(team.ServerError, match="not healthy after 0 s"):
-            team.start_team_server(config, timeout=0)
+        with pytest.raises(team.ServerError, match="not healthy after 8 s"):
+            team.start_team_server(config, timeout=8)
+        assert len(seen_serving) > 1 and any(seen_serving), "the health loop ran while the server's processes ran"
         cluster = team.PostgresCluster(root, config.pg_port)
         assert cluster.initialized and cluster.running_port() is None
         assert not any(str(root) in " ".join(_cmdline(pid)) for pid in _pids()), "a server process survived"

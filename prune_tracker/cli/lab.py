@@ -97,14 +97,14 @@ def evaluate(model_uri: str, arch: str, input_shape: str, tta_flip: bool, batch_
 @click.pass_context
 @trust_pickle_option
 @handle_errors
-def prune(ctx: click.Context, model_uri: str, method: str, ratio: float, finetune_epochs: float,
-          target_bytes: int | None, target_metric: str, option_pairs: tuple[str, ...], **kw: Any) -> None:
+def prune(ctx: click.Context, model_uri: str, method: str, ratio: float, finetune_epochs: float, **kw: Any) -> None:
     """Prune a logged model with a registered method; extra `--name value` pairs are method options."""
     from prune_tracker.core.pruning import get_method
     from prune_tracker.jobs import PruneSpec, prune_model
 
     get_method(method)  # an unknown method before its options are read
-    options = parse_extra_options(list(ctx.args), option_pairs)
+    options = parse_extra_options(list(ctx.args), kw.pop("option_pairs"))
+    target_bytes, target_metric = kw.pop("target_bytes"), kw.pop("target_metric")
     arch, input_shape, qat = kw.pop("arch") or None, kw.pop("input_shape") or None, kw.pop("qat")
     recovery, data, run = recovery_spec(kw), data_spec(kw), run_spec(kw)
     spec = PruneSpec(model_uri, method, ratio, options, finetune_epochs, target_bytes, target_metric, qat, arch,

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
-from prune_tracker.core.dense_small import DEFAULT_TARGET_METRIC, DenseSmall, size_dense_small
+from prune_tracker.core.dense_small import DenseSmall, size_dense_small
 from prune_tracker.core.frontier import DENSE_SMALL
 from prune_tracker.core.models import width_archs
 from prune_tracker.core.training import TrainConfig
@@ -58,25 +58,16 @@ def size_for_pruned_run(run_id: str, metrics: Mapping[str, float], base_epochs: 
 
 
 def dense_small_baseline(
-    target_bytes: float,
+    sized: DenseSmall,
     epochs: float,
     data: DataSpec,
     config: TrainConfig,
     run: RunSpec,
-    *,
-    archs: Sequence[str] = ("resnet20",),
-    target_metric: str = DEFAULT_TARGET_METRIC,
-    num_classes: int | None = None,
     base_run_id: str | None = None,
-    sized: DenseSmall | None = None,
 ) -> tuple[str, DenseSmall]:
-    """Size (:func:`size_dense_small`, unless `sized` is given) and train a dense-small baseline with `config`'s
-    recipe for `epochs` (the pruned model's total budget: base epochs + fine-tuning epochs); returns the train
-    run id and the chosen model. `num_classes` defaults to the dataset's; `base_run_id`: the base model it stands
-    in for (its compression reference in compare)."""
-    if num_classes is None:
-        num_classes = data.load().num_classes
-    sized = sized or size_dense_small(target_bytes, target_metric, archs, num_classes)
+    """Train the dense-small baseline `sized` (:func:`size_dense_small` chose it) with `config`'s recipe for
+    `epochs` (the pruned model's total budget: base epochs + fine-tuning epochs); returns the train run id and the
+    model. `base_run_id`: the base model it stands in for (its compression reference in compare)."""
     tags = {**run.extra_tags, **sized.tags(epochs, base_run_id)}
     name = run.run_name or f"{DENSE_SMALL} {sized.arch} w{sized.width:g} {epochs:g}ep"
     run = replace(run, extra_tags=tags, run_name=name)

@@ -238,9 +238,8 @@ def _baseline_steps(config: PipelineConfig, steps: _Steps, result: PipelineResul
     for (arch, width, epochs), sized in planned.items():
         steps.run(f"baseline-{arch}-w{width:g}-{epochs:g}ep{suffix}", "train",
                   baseline_identity(sized, epochs, config.data, config.train, config.precisions, base),
-                  lambda opts, s=sized, e=epochs: dense_small_baseline(
-                      s.target_bytes, e, config.data, config.train, opts, num_classes=num_classes, base_run_id=base,
-                      sized=s)[0])
+                  lambda opts, s=sized, e=epochs: dense_small_baseline(s, e, config.data, config.train, opts,
+                                                                       base_run_id=base)[0])
 
 
 def _compare_register_report(config: PipelineConfig, steps: _Steps, result: PipelineResult,

@@ -200,8 +200,7 @@ def run_baselines(results: Sequence[TrialResult], base: PruneBase, experiment_id
             continue
         run = RunSpec(base.experiment_name, base.device, progress=False, nested=True, precisions=base.precisions,
                       extra_tags={REUSE_KEY_TAG: key})
-        run_id, _ = dense_small_baseline(sized.target_bytes, epochs, data, recipe, run, num_classes=num_classes,
-                                         base_run_id=base_run, sized=sized)
+        run_id, _ = dense_small_baseline(sized, epochs, data, recipe, run, base_run_id=base_run)
         log(f"[sweep] dense-small {arch_name} w{width:g} {epochs:g} epochs: run {run_id}")
         baselines.append(run_id)
     return baselines
