@@ -323,8 +323,8 @@ def _study_dir(tmp_path: Path, trained: nn.Module) -> Path:
                tmp_path / "parent.pt")
     rows = tmp_path / "rows"
     rows.mkdir()
-    row = {"kind": "pruned", "target": "10x-int8", "recipe": "rewind", "seed": 0, "epochs": 1.0, "name": "pruned-x", "tta": False,
-           "precision": "int8", "bytes": 1e4, "x_smaller": 10.0, "where": "here",
+    row = {"kind": "pruned", "target": "10x-int8", "recipe": "rewind", "seed": 0, "epochs": 1.0, "name": "pruned-x",
+           "tta": False, "precision": "int8", "bytes": 1e4, "x_smaller": 10.0, "where": "here",
            "metrics": {"val_accuracy_int8": 0.5, "test_accuracy_int8": 0.5}}
     (rows / "pruned-x.json").write_text(json.dumps(row))
     torch.save(_saved(trained), rows / "pruned-x.pt")
