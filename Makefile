@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	scripts/unchanged_tree.sh $(BIN)/python -m pytest -q -ra --durations=10 -p no:cacheprovider \
-		-n $(TEST_WORKERS) --dist loadgroup
+		-n $(TEST_WORKERS) --dist loadfile
 
 # Plant one bug at a time (resume, the ceiling search, selection on validation, byte rules, the trial key) in a copy
 # of the checkout and check that the tests named for it fail (scripts/mutants.py).

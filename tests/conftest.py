@@ -100,19 +100,11 @@ def _isolated_mlflow_state(monkeypatch):
 
 def pytest_configure(config) -> None:
     """Tests run inside the session directory. Not pytest-xdist's controller: its workers start in its working
-    directory and must find the test paths there (each worker is a session of its own, with its own directory)."""
+    directory and must find the test paths there (each worker is a session of its own, with its own directory;
+    `--dist loadfile` keeps a module's tests on one worker, so module fixtures are built once)."""
     if not config.getoption("numprocesses", None) or hasattr(config, "workerinput"):
         os.chdir(_SESSION_DIR)
     interrupts.install()  # SIGTERM tears the fixtures down as Ctrl-C does (servers stopped)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
-def pytest_collection_modifyitems(config, items) -> None:
-    """pytest-xdist (`--dist loadgroup`): a module's tests stay on one worker (module fixtures train once) unless
-    the module names its own group (the server modules share one: their servers start once)."""
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 _MODULE_SECONDS: dict[str, float] = {}

@@ -202,9 +202,9 @@ def _step_statuses(experiment: str) -> list[tuple[str, str]]:
 
 
 def test_main_pipeline_failure_reuse_and_change(monkeypatch):
-    args = ["main", *QUICK, "--epochs", "3", "--batch-size", "64", "--lr", "0.1", "--methods", "global_l1,li_filters",
-            "--ratios", "0.5,0.8", "--finetune-epochs", "0.3", "--precisions", "int8", "--experiment-name", "pipeline",
-            "--registered-name", "pipeline-test"]
+    args = ["main", *QUICK, "--arch", "resnet8", "--epochs", "2", "--batch-size", "64", "--lr", "0.1",
+            "--methods", "global_l1,li_filters", "--ratios", "0.5,0.8", "--finetune-epochs", "0.3", "--precisions",
+            "int8", "--experiment-name", "pipeline", "--registered-name", "pipeline-test"]
     li_filters = type(get_method("li_filters"))
     original = li_filters._prune
 

@@ -176,7 +176,14 @@ def log_dataset(splits, name: str) -> None:
     """The training split as an MLflow dataset input (a digest of the uint8 images, not a copy)."""
     dataset = mlflow.data.from_numpy(splits.train.images[:256].numpy(), targets=splits.train.labels[:256].numpy(),
                                      source=_dataset_source(splits.source), name=name)
-    mlflow.log_input(dataset, context="training")
+    try:
+        mlflow.log_input(dataset, context="training")
+    except MlflowException as err:
+        # Two runs logging the same dataset at the same moment race on a SQL store's unique key (the server
+        # answers BAD_REQUEST "duplicate key ... dataset_pk"): the dataset now exists, so the retry links it.
+        if "duplicate key" not in str(err) and "UNIQUE constraint" not in str(err):
+            raise
+        mlflow.log_input(dataset, context="training")
 
 
 # ---------------------------------------------------------------- what a run and its ancestors logged
