@@ -114,3 +114,13 @@ def test_long_modules_say_why():
                 ast.get_docstring(ast.parse(source)) or ""):
             offenders.append(f"{path.relative_to(ROOT)} ({len(source.splitlines())} lines)")
     assert not offenders, offenders
+
+
+def test_no_private_name_is_imported_from_another_module():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                offenders += [f"{path.relative_to(ROOT)}: {node.module}.{alias.name}" for alias in node.names
+                              if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not offenders, offenders

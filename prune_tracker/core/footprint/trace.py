@@ -92,7 +92,10 @@ class _ActivationTracker(TorchDispatchMode):
             rec["producer"] = self.producers.get(_storage_key(args[0]))
         if first.is_floating_point():
             rec["micronet"] = micronet.op_counts(name, args, first, self.batch)
-        if new or name.endswith("_"):
+        # The op produced this storage unless it only viewed an existing one. `new` alone is not enough: an output
+        # allocated where a dead tensor lived can find that tensor's entry still tracked (its Python object kept
+        # alive from C++), and a conv would then not be the producer of its BatchNorm's input.
+        if new or name.endswith("_") or not first._is_view():
             self.producers[_storage_key(first)] = rec["index"]
         rec["live_fp32_bytes"] = self.live32
         self.records.append(rec)

@@ -107,7 +107,7 @@ def lowest(scores: Tensor, k: int) -> list[int]:
     return sorted(torch.argsort(scores)[:k].tolist()) if k > 0 else []
 
 
-def _widths(model: nn.Module) -> dict[str, tuple[int, ...]]:
+def layer_widths(model: nn.Module) -> dict[str, tuple[int, ...]]:
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
@@ -166,11 +166,11 @@ class ChannelPruner:
             return 0
         if len(idxs) >= layer.conv.out_channels or idxs[-1] >= layer.conv.out_channels or idxs[0] < 0:
             raise ValueError(f"{layer.name}: cannot remove {len(idxs)} of {layer.conv.out_channels} filters")
-        before, params = _widths(self.model), _count(self.model)
+        before, params = layer_widths(self.model), parameter_count(self.model)
         expected = _expected_drop(layer, len(idxs))
         group = self.graph.get_pruning_group(layer.conv, tp.prune_conv_out_channels, idxs=idxs)
         group.prune()
-        after, dropped = _widths(self.model), params - _count(self.model)
+        after, dropped = layer_widths(self.model), params - parameter_count(self.model)
         if after != _expected_widths(before, layer, len(idxs)) or dropped != expected:
             changed = {n: (before.get(n), after.get(n)) for n in after if before.get(n) != after.get(n)}
             raise RuntimeError(
@@ -194,7 +194,7 @@ class ChannelPruner:
             self.model.train(was_training)
 
 
-def _count(model: nn.Module) -> int:
+def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
@@ -286,7 +286,7 @@ def channel_ratio_for_param_reduction(model: nn.Module, target: float, skip_last
     reduction); if unreachable, the largest ratio and its reduction (< target)."""
     from .stages import scoped_param_count  # stages builds on this module
 
-    base = _count(model)
+    base = parameter_count(model)
     if scope == "block":
         reduction = lambda r: 1.0 - params_at_channel_ratio(model, r, skip_last) / base  # noqa: E731
     else:

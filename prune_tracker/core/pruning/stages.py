@@ -40,12 +40,12 @@ from torch import Tensor, nn
 
 from ..models.resnet_cifar import BasicBlock, CifarResNet, PadShortcut
 from .channels import (
-    _count,
-    _widths,
     block_cuts,
     filter_l1,
+    layer_widths,
     lowest,
     n_remove,
+    parameter_count,
     params_after_cuts,
     uniform_removal,
 )
@@ -317,7 +317,7 @@ def cut_stages(model: nn.Module, removed: list[list[int]], example_input: Tensor
     with torch.no_grad():
         out_shape = tuple(model(example_input).shape)
     model.train(was_training)
-    before, params = _widths(model), _count(model)
+    before, params = layer_widths(model), parameter_count(model)
     expected_widths, expected_drop = before, 0
     for stage, idxs in zip(stages, removed, strict=True):
         expected_widths = _expected_widths(expected_widths, stage, len(idxs))
@@ -334,7 +334,7 @@ def cut_stages(model: nn.Module, removed: list[list[int]], example_input: Tensor
             stage.pad_out.in_planes = len(keep)
         if stage.pad_in is not None:
             stage.pad_in.planes = len(keep)
-    after, dropped = _widths(model), params - _count(model)
+    after, dropped = layer_widths(model), params - parameter_count(model)
     if after != expected_widths or dropped != expected_drop:
         changed = {n: (before.get(n), after.get(n)) for n in after if before.get(n) != after.get(n)}
         raise RuntimeError(
