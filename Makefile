@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The suite must leave the checkout exactly as it found it (tests write only to their temporary directories).
-# Two pytest-xdist workers (one torch thread each); a module's tests stay on one worker (tests/conftest.py).
-TEST_WORKERS ?= 2
+# One pytest-xdist worker per core, at most 4 (one torch thread each); a module's tests stay on one worker.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; [ $$n -lt 2 ] && n=2; echo $$n)
 test: $(STAMP)
 	scripts/unchanged_tree.sh $(BIN)/python -m pytest -q -ra --durations=10 -p no:cacheprovider \
 		-n $(TEST_WORKERS) --dist loadfile
