@@ -25,6 +25,7 @@ from prune_tracker.core.quant import PRECISIONS, validate_qat
 from prune_tracker.core.training import TrainConfig
 from prune_tracker.jobs import DataSpec, PruneSpec, Recovery, RunSpec, prune_model
 from prune_tracker.tracking import trials as trial_runs
+from prune_tracker.tracking.errors import first_line
 from prune_tracker.tracking.identity import REUSE_KEY_TAG, code_identity, finished_run_with_key, reuse_key
 
 if TYPE_CHECKING:
@@ -43,11 +44,6 @@ _PRUNE_TRAIN_FIELDS = ("batch_size", "lr", "weight_decay", "momentum", "schedule
                        "ema_decay", "tta_flip", "resize_schedule", "bn_weight_decay")
 RECIPE_OPTIONS = (*RECIPE_TOP, *_PRUNE_TRAIN_FIELDS, *RECOVERY_FIELDS)
 UNSPLIT_OPTIONS = frozenset({"resize_schedule"})  # recipe values that are comma lists themselves: never a grid axis
-
-
-def first_line(err: BaseException | str) -> str:
-    text = str(getattr(err, "message", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def prune_train_defaults() -> TrainConfig:

@@ -12,6 +12,13 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 
+def first_line(err: BaseException | str, limit: int | None = None) -> str:
+    """The first line of an error's message (MLflow's `.message` where it has one), at most `limit` characters;
+    the exception's type name when the message is empty."""
+    text = str(getattr(err, "message", None) or err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
 class ArtifactWriteError(MlflowException):
     """An artifact of the active run could not be written to its artifact store."""
 

@@ -26,7 +26,7 @@ from torch import nn
 from prune_tracker.core.deploy import ORT_ARTIFACT
 from prune_tracker.core.models import architecture_spec, build_from_spec, build_model
 from prune_tracker.core.models.foreign import is_foreign_arch
-from prune_tracker.tracking.errors import ModelLoadError
+from prune_tracker.tracking.errors import ModelLoadError, first_line
 from prune_tracker.tracking.foreign_models import foreign_spec, load_pickled, num_classes_of, signature_shapes
 from prune_tracker.tracking.models import (
     QUANTISED_ARTIFACTS,
@@ -51,9 +51,7 @@ class LoadedModel:
     code_paths: list[str] | None = None  # a foreign model's code logged with it (importable in this process)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(getattr(err, "message", None) or err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
+ERROR_CHARACTERS = 300  # of a loading error's first line, quoted in a ModelLoadError
 
 
 def _load_checked(spec: dict[str, Any], state: dict[str, torch.Tensor], origin: str) -> nn.Module:
@@ -61,7 +59,8 @@ def _load_checked(spec: dict[str, Any], state: dict[str, torch.Tensor], origin: 
         model = build_from_spec(spec)
         model.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"{origin} does not fit architecture {spec.get('arch')!r}: {_first_line(err)}") from None
+        reason = first_line(err, ERROR_CHARACTERS)
+        raise ModelLoadError(f"{origin} does not fit architecture {spec.get('arch')!r}: {reason}") from None
     return model.eval()
 
 
@@ -82,7 +81,7 @@ def load_model_file(path: Path, arch: str | None) -> LoadedModel:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types for a bad file
-        raise ModelLoadError(f"cannot read model file {str(path)!r}: {_first_line(err)}") from None
+        raise ModelLoadError(f"cannot read model file {str(path)!r}: {first_line(err, ERROR_CHARACTERS)}") from None
     if isinstance(blob, dict) and "spec" in blob and "state_dict" in blob:
         return LoadedModel(_load_checked(blob["spec"], blob["state_dict"], str(path)), blob["spec"], None, str(path))
     if not isinstance(blob, dict):
@@ -146,7 +145,8 @@ def spec_files(model_uri: str, run_id: str) -> list[str]:
     try:
         items = MlflowClient().list_artifacts(run_id, SPEC_DIR)
     except (MlflowException, OSError) as err:
-        raise ModelLoadError(f"{model_uri!r}: cannot list {SPEC_DIR}/ of run {run_id}: {_first_line(err)}") from None
+        reason = first_line(err, ERROR_CHARACTERS)
+        raise ModelLoadError(f"{model_uri!r}: cannot list {SPEC_DIR}/ of run {run_id}: {reason}") from None
     return [Path(item.path).name for item in items if not item.is_dir]
 
 
@@ -157,7 +157,7 @@ def read_spec(model_uri: str, run_id: str) -> tuple[dict[str, Any], dict[str, to
         try:
             folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=SPEC_DIR, dst_path=tmp))
         except (MlflowException, OSError) as err:
-            raise ModelLoadError(f"{where} cannot be downloaded: {_first_line(err)}") from None
+            raise ModelLoadError(f"{where} cannot be downloaded: {first_line(err, ERROR_CHARACTERS)}") from None
         missing = [name for name in (SPEC_FILE, STATE_FILE) if not (folder / name).is_file()]
         if missing:
             raise ModelLoadError(f"{where} lacks {', '.join(missing)}; the model cannot be rebuilt from it")
@@ -165,7 +165,7 @@ def read_spec(model_uri: str, run_id: str) -> tuple[dict[str, Any], dict[str, to
             spec = json.loads((folder / SPEC_FILE).read_text())
             state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - a torn JSON or tensor file: several exception types
-            raise ModelLoadError(f"{where} cannot be read: {_first_line(err)}") from None
+            raise ModelLoadError(f"{where} cannot be read: {first_line(err, ERROR_CHARACTERS)}") from None
     return spec, state
 
 
@@ -194,7 +194,7 @@ def _load_foreign_logged(model_uri: str, run_id: str, spec: dict[str, Any], stat
         model.load_state_dict(state)
     except RuntimeError as err:
         raise ModelLoadError(f"{model_uri!r}: its {SPEC_DIR}/{STATE_FILE} does not fit the pickled module: "
-                             f"{_first_line(err)}") from None
+                             f"{first_line(err, ERROR_CHARACTERS)}") from None
     return LoadedModel(model.eval(), spec, run_id, model_uri, input_shape=_declared_input_shape(spec, model_uri),
                        code_paths=code)
 
